@@ -1,0 +1,148 @@
+"""dcgan-curate: curate image collections and train DCGANs on them.
+
+A thin typer app: parse, build a config, call the library, print a summary. Heavy libraries
+(torch, cv2, faiss) are imported inside the commands so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from pipeline.errors import UserError
+
+app = typer.Typer(
+    help="Curate image collections (LSUN near-duplicate removal, face datasets) and train "
+    "DCGANs on them (Radford, Metz & Chintala 2015).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+extract_app = typer.Typer(help="Turn an image source into a dataset directory.",
+                          no_args_is_help=True)
+app.add_typer(extract_app, name="extract")
+
+log = logging.getLogger("dcgan_curate")
+
+# Options shared by several commands.
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary.")
+DryRunOpt = typer.Option(False, "--dry-run", help="Print the resolved config and exit.")
+WorkersOpt = typer.Option(0, "--workers", "-j", min=0,
+                          help="Worker processes; 0 = one per core.")
+OverwriteOpt = typer.Option(False, "--overwrite",
+                            help="Replace a different finished dataset in --out.")
+
+
+def setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(message)s", stream=sys.stderr, force=True)
+
+
+def echo_json(title: str, obj: Any) -> None:
+    typer.echo(f"{title}:\n{json.dumps(obj, indent=2, default=str)}")
+
+
+def summarize(stats: dict[str, Any], out: Path, quiet: bool) -> None:
+    """The closing summary of a dataset stage."""
+    if quiet:
+        return
+    if stats.get("skipped"):
+        typer.echo(f"{out} is already finished with this config (nothing to do): "
+                   f"{stats.get('kept', 0)} kept.")
+        return
+    dropped = stats.get("dropped", {})
+    drops = ", ".join(f"{n} {r}" for r, n in dropped.items()) or "none"
+    secs = stats.get("seconds", 0) or 1e-9
+    typer.echo(f"Read {stats.get('read', 0)}, kept {stats.get('kept', 0)}, dropped: {drops}. "
+               f"{stats.get('read', 0) / secs:.0f} records/s. Wrote {out}")
+
+
+@extract_app.command("lsun")
+def extract_lsun(
+    databases: list[Path] = typer.Argument(..., help="LSUN *_lmdb folders (or roots with "
+                                           "--category)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output dataset directory."),
+    category: str | None = typer.Option(None, help="Scene category, e.g. bedroom: the "
+                                           "databases are then roots holding "
+                                           "CATEGORY_SPLIT_lmdb."),
+    split: str = typer.Option("train", help="With --category: train or val."),
+    resolution: int = typer.Option(64, min=8, help="Side of the stored square crops."),
+    limit: int | None = typer.Option(None, min=1, help="Only the first N records."),
+    workers: int = WorkersOpt,
+    rank: int = typer.Option(0, min=0, help="Shard index (with --world-size)."),
+    world_size: int = typer.Option(1, min=1, help="Number of shards to split the source in."),
+    overwrite: bool = OverwriteOpt,
+    dry_run: bool = DryRunOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Decode LSUN records into centre crops (and 32x32 thumbnails) in a dataset directory.
+
+    Example: python cli.py extract lsun data/bedroom_train_lmdb --out data/bedroom64
+    """
+    from pipeline.extract import ExtractConfig, extract
+    from pipeline.lsun import LsunSource, resolve_databases
+
+    setup_logging(quiet)
+    config = ExtractConfig(resolution=resolution, workers=workers, rank=rank,
+                           world_size=world_size, overwrite=overwrite)
+    dbs = resolve_databases(databases, category, split)
+    if dry_run:
+        echo_json("config", {"databases": dbs, "limit": limit, "out": out, **asdict(config)})
+        return
+    source = LsunSource(dbs, limit=limit)
+    summarize(extract(source, out, config, progress=not quiet), out, quiet)
+
+
+@extract_app.command("images")
+def extract_images(
+    folder: Path = typer.Argument(..., help="A folder of photos (searched recursively)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output dataset directory."),
+    resolution: int = typer.Option(64, min=8, help="Side of the stored square crops."),
+    limit: int | None = typer.Option(None, min=1, help="Only the first N files."),
+    workers: int = WorkersOpt,
+    overwrite: bool = OverwriteOpt,
+    dry_run: bool = DryRunOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Decode a folder of JPEG/PNG/WebP/BMP/TIFF photos into a dataset directory.
+
+    Example: python cli.py extract images photos/ --out data/photos64
+    """
+    from pipeline.extract import ExtractConfig, extract
+    from pipeline.sources import FolderSource
+
+    setup_logging(quiet)
+    config = ExtractConfig(resolution=resolution, workers=workers, overwrite=overwrite)
+    if dry_run:
+        echo_json("config", {"folder": folder, "limit": limit, "out": out, **asdict(config)})
+        return
+    source = FolderSource(folder, limit=limit)
+    if len(source) == 0:
+        raise UserError(f"no images (JPEG, PNG, WebP, BMP, TIFF) under {folder}")
+    summarize(extract(source, out, config, progress=not quiet), out, quiet)
+
+
+def main() -> None:
+    """Entry point: run the app; user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except UserError as e:
+        typer.secho(f"Error: {e}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("Interrupted.", err=True)
+        sys.exit(130)
+    except OSError as e:  # disk full, permission denied, ...
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        typer.secho(f"Error: {e.strerror or e}{where}", err=True, fg=typer.colors.RED)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The extraction stage: any image source to a dataset directory of centre crops.
+
+Each record is decoded once into the training-resolution crop (``images.npy``) and the 32 x 32
+thumbnail the dedup stage needs (``thumbs.npy``). Unreadable records are dropped with reason
+``corrupt`` (``too_large`` for decompression bombs) into ``rejected.jsonl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.dataset import DatasetWriter
+from pipeline.decode import THUMB, DecodeError, prepare
+from pipeline.errors import UserError
+from pipeline.runner import default_workers, run_ordered, worker_state
+from pipeline.sources import Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    resolution: int = 64  # side of the stored square images (centre crop, anti-aliased)
+    workers: int = 0  # decoding processes; 0 = one per core
+    chunk: int = 256  # records per task handed to a worker
+    rank: int = 0  # this shard's index when the source is split over machines
+    world_size: int = 1  # number of shards (each writes its own dataset directory)
+    overwrite: bool = False  # replace a different finished dataset in the output
+
+    def identity(self, source: Source) -> dict[str, Any]:
+        """What determines the output (not how fast it is made)."""
+        return {"source": source.describe(), "resolution": self.resolution,
+                "rank": self.rank, "world_size": self.world_size}
+
+
+@dataclass
+class Chunk:
+    """One task's results, in record order: ``status[i]`` is None (kept) or a drop reason."""
+
+    keys: list[str]
+    status: list[str | None]
+    details: list[str]
+    images: np.ndarray
+    thumbs: np.ndarray
+
+
+def prepare_chunk(task: tuple[int, int]) -> Chunk:
+    """Decode records ``start..stop-1`` of the worker's source (the per-task function)."""
+    state = worker_state()
+    source, res = state["source"], state["resolution"]
+    keys, status, details, images, thumbs = [], [], [], [], []
+    for key, data in source.read_range(*task):
+        keys.append(key)
+        try:
+            if data is None:
+                raise DecodeError("corrupt", "unreadable record")
+            image, thumb = prepare(data, res)
+        except DecodeError as e:
+            status.append(e.reason)
+            details.append(e.detail)
+            continue
+        status.append(None)
+        details.append("")
+        images.append(image)
+        thumbs.append(thumb)
+    empty = np.zeros((0, res, res, 3), np.uint8)
+    return Chunk(keys, status, details,
+                 np.stack(images) if images else empty,
+                 np.stack(thumbs) if thumbs else np.zeros((0, THUMB, THUMB, 3), np.uint8))
+
+
+def shard_tasks(n: int, chunk: int, rank: int, world_size: int) -> list[tuple[int, int]]:
+    """Index ranges of ``chunk`` records; shard ``rank`` takes every ``world_size``-th."""
+    if not 0 <= rank < world_size:
+        raise UserError(f"rank {rank} is outside 0..{world_size - 1}")
+    ranges = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+    return ranges[rank::world_size]
+
+
+def extract(source: Source, out: str | Path, config: ExtractConfig = ExtractConfig(),
+            progress: bool = True) -> dict[str, Any]:
+    """Write ``source`` as a dataset directory at ``out``; returns its stats.
+
+    A rerun with the same source and config is a no-op; an interrupted run resumes.
+    """
+    from tqdm import tqdm
+
+    if config.resolution < 8:
+        raise UserError(f"resolution must be at least 8 (got {config.resolution})")
+    writer = DatasetWriter(out, "extract", config.identity(source),
+                           {"images": (config.resolution, config.resolution, 3),
+                            "thumbs": (THUMB, THUMB, 3)}, overwrite=config.overwrite)
+    if writer.done:
+        log.info("%s is already finished with this config: nothing to do", out)
+        from pipeline.dataset import Dataset
+
+        return {**Dataset(out).stats, "skipped": True}
+    tasks = shard_tasks(len(source), config.chunk, config.rank, config.world_size)
+    total = sum(b - a for a, b in tasks)
+    done, todo = 0, []
+    for a, b in tasks:  # resume: skip the tasks an interrupted run finished
+        if done < writer.position:
+            done += b - a
+        else:
+            todo.append((a, b))
+    workers = config.workers or default_workers()
+    bar = tqdm(total=total, initial=done, unit="img", desc="extract", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        results = run_ordered(prepare_chunk, todo, {"source": source,
+                                                    "resolution": config.resolution},
+                              min(workers, max(1, len(todo))))
+        for chunk in results:
+            write_chunk(writer, chunk)
+            writer.advance(len(chunk.keys))
+            bar.update(len(chunk.keys))
+            bar.set_postfix(kept=writer.kept, dropped=sum(writer.dropped.values()),
+                            refresh=False)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            bar.close()
+    return writer.finish(source=source.describe(), workers=workers,
+                         config=asdict(config))
+
+
+def write_chunk(writer: DatasetWriter, chunk: Chunk) -> None:
+    """Add a chunk's kept records and drop its failed ones, in record order."""
+    k = 0
+    for key, status, detail in zip(chunk.keys, chunk.status, chunk.details):
+        if status is None:
+            writer.add(key, {"images": chunk.images[k], "thumbs": chunk.thumbs[k]})
+            k += 1
+        else:
+            writer.drop(key, status, detail=detail)

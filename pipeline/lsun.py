@@ -1,0 +1,171 @@
+"""LSUN scene databases: LMDB environments whose values are encoded images (mostly WebP).
+
+Safe in worker processes: each process opens its own read-only environment lazily (no
+locking, no readahead), and the key list, which takes a full scan to build, is cached
+outside the database (which may be read-only) and rebuilt when the database changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.dataset import atomic_write
+from pipeline.errors import UserError
+
+
+def cache_dir() -> Path:
+    """Where key lists are cached (``$DCGAN_CURATE_CACHE``, else the user cache folder)."""
+    env = os.environ.get("DCGAN_CURATE_CACHE")
+    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return (base if env else base / "dcgan-curate") / "lsun-keys"
+
+
+def resolve_databases(paths: list[str | Path], category: str | None = None,
+                      split: str = "train") -> list[Path]:
+    """LMDB directories from ``*_lmdb`` paths, or from roots plus a category and split."""
+    if not paths:
+        raise UserError("give at least one LSUN database")
+    out = []
+    for p in map(Path, paths):
+        if category:
+            p = p / f"{category}_{split}_lmdb"
+        if not p.exists():
+            raise UserError(f"LSUN database {p} does not exist")
+        if not p.is_dir() or not (p / "data.mdb").is_file():
+            raise UserError(f"{p} is not an LMDB database (no data.mdb inside)")
+        out.append(p)
+    return out
+
+
+def key_text(key: bytes) -> str:
+    """An LMDB key as manifest text: UTF-8 where it is, escaped bytes where it is not."""
+    return key.decode("utf-8", "backslashreplace")
+
+
+class LsunSource:
+    """One or more LSUN databases read as a single sequence of (key, encoded image)."""
+
+    def __init__(self, databases: list[Path], limit: int | None = None):
+        self.databases = [Path(d) for d in databases]
+        self._keys = [_load_keys(d) for d in self.databases]
+        for d, (offsets, _) in zip(self.databases, self._keys):
+            if len(offsets) == 1:
+                raise UserError(f"LSUN database {d} is empty")
+        counts = [len(o) - 1 for o, _ in self._keys]
+        self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        total = int(self._starts[-1])
+        self.length = min(total, limit) if limit else total
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getstate__(self) -> dict:
+        # Workers reload the key list from the cache (memory-mapped, shared) instead of
+        # receiving a pickled copy of it.
+        state = dict(self.__dict__)
+        state["_keys"] = None
+        return state
+
+    @property
+    def keys(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self._keys is None:
+            self._keys = [_load_keys(d) for d in self.databases]
+        return self._keys
+
+    def key_bytes(self, i: int) -> bytes:
+        db = int(np.searchsorted(self._starts, i, side="right") - 1)
+        offsets, blob = self.keys[db]
+        j = i - int(self._starts[db])
+        return bytes(blob[offsets[j]:offsets[j + 1]])
+
+    def _env(self, db: int):
+        return _open_env(self.databases[db])
+
+    def read_range(self, start: int, stop: int) -> Iterator[tuple[str, bytes | None]]:
+        stop = min(stop, self.length)
+        i = start
+        while i < stop:
+            db = int(np.searchsorted(self._starts, i, side="right") - 1)
+            end = min(stop, int(self._starts[db + 1]))
+            with self._env(db).begin(buffers=False) as txn:
+                for j in range(i, end):
+                    key = self.key_bytes(j)
+                    data = txn.get(key)
+                    yield key_text(key), data
+            i = end
+
+    def describe(self) -> dict:
+        return {"kind": "lsun", "databases": [str(d.resolve()) for d in self.databases],
+                "count": self.length}
+
+
+_ENVS: dict[str, object] = {}
+_ENVS_PID = -1
+
+
+def _open_env(db: Path):
+    """This process's read-only environment for ``db`` (LMDB allows one per process)."""
+    import lmdb
+
+    global _ENVS_PID
+    if _ENVS_PID != os.getpid():  # never reuse an environment across fork
+        _ENVS.clear()
+        _ENVS_PID = os.getpid()
+    path = str(db.resolve())
+    if path not in _ENVS:
+        _ENVS[path] = lmdb.open(path, readonly=True, lock=False, readahead=False,
+                                meminit=False, max_readers=16)
+    return _ENVS[path]
+
+
+def _stamp(db: Path) -> dict:
+    st = (db / "data.mdb").stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _load_keys(db: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, blob) of every key in ``db``, from the cache when it is still valid."""
+    base = cache_dir() / hashlib.sha1(str(db.resolve()).encode()).hexdigest()[:16]
+    meta_path = base.with_suffix(".json")
+    stamp = _stamp(db)
+    try:
+        if json.loads(meta_path.read_text()) == stamp:
+            return (np.load(base.with_suffix(".offsets.npy"), mmap_mode="r"),
+                    np.load(base.with_suffix(".keys.npy"), mmap_mode="r"))
+    except (OSError, ValueError):
+        pass
+    offsets, blob = _scan_keys(db)
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for suffix, arr in ((".offsets.npy", offsets), (".keys.npy", blob)):
+            with atomic_write(base.with_suffix(suffix), "wb") as f:
+                np.save(f, arr)
+        with atomic_write(meta_path) as f:
+            f.write(json.dumps(stamp))
+    except OSError:
+        pass  # an unwritable cache only costs a rescan next time
+    return offsets, blob
+
+
+def _scan_keys(db: Path) -> tuple[np.ndarray, np.ndarray]:
+    import lmdb
+
+    cached = _ENVS.get(str(db.resolve())) if _ENVS_PID == os.getpid() else None
+    try:
+        env = cached or lmdb.open(str(db), readonly=True, lock=False, readahead=False)
+        with env.begin() as txn:
+            keys = list(txn.cursor().iternext(keys=True, values=False))
+        if cached is None:
+            env.close()
+    except lmdb.Error as e:
+        raise UserError(f"{db} is not a readable LMDB database ({e})") from e
+    offsets = np.zeros(len(keys) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(k) for k in keys])
+    blob = np.frombuffer(b"".join(keys), np.uint8).copy()
+    return offsets, blob

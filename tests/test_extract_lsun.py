@@ -1,0 +1,165 @@
+"""LSUN extraction on real LMDBs: WebP and JPEG values, corrupt records, an odd key."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.dataset import Dataset
+from pipeline.decode import DecodeError, center_crop, decode, prepare, resize, sniff
+from pipeline.errors import UserError
+from pipeline.extract import ExtractConfig, extract
+from pipeline.lsun import LsunSource, cache_dir, key_text, resolve_databases
+from pipeline.samples import encode, write_lmdb
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_sniff_and_decode_formats(photos):
+    img = photos[0][:300, :200]
+    for fmt in ("webp", "jpeg", "png"):
+        data = encode(img, fmt, 95)
+        assert sniff(data) == fmt
+        out = decode(data)
+        assert out.shape == img.shape and out.dtype == np.uint8
+        assert np.abs(out.astype(int) - img).mean() < 6  # RGB order kept, not BGR
+
+
+def test_reduced_jpeg_decoding_keeps_min_side(photos):
+    big = photos[6]  # retina, 1411 px
+    data = encode(big, "jpeg", 90)
+    small = decode(data, min_side=300)
+    assert min(small.shape[:2]) >= 300 and small.shape[0] < big.shape[0]
+
+
+def test_prepare_centre_crop_and_thumbnail(photos):
+    img = photos[2]  # chelsea 300x451
+    image, thumb = prepare(encode(img, "png"), 64)
+    assert image.shape == (64, 64, 3) and thumb.shape == (32, 32, 3)
+    ref = resize(center_crop(img), 64)
+    assert np.abs(image.astype(int) - ref).max() <= 1
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"", "corrupt"), (b"hello", "corrupt"), (b"\xff\xd8\xff\xe0" + b"\0" * 100, "corrupt"),
+])
+def test_decode_rejects_non_images(data, reason):
+    with pytest.raises(DecodeError) as e:
+        decode(data)
+    assert e.value.reason == reason
+
+
+def test_decompression_bomb_refused_before_decoding():
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.zeros((6000, 6000), np.uint8))
+    with pytest.raises(DecodeError) as e:
+        decode(buf.tobytes(), max_pixels=10_000_000)
+    assert e.value.reason == "too_large"
+
+
+def test_extract_lsun_keeps_valid_drops_corrupt(lsun_db, lsun_records, tmp_path):
+    src = LsunSource(resolve_databases([lsun_db]))
+    assert len(src) == 30
+    out = tmp_path / "out"
+    stats = extract(src, out, ExtractConfig(workers=2, chunk=7), progress=False)
+    assert stats["read"] == 30 and stats["kept"] == 25
+    assert stats["dropped"] == {"corrupt": 5}
+    d = Dataset(out)
+    assert d.images.shape == (25, 64, 64, 3) and d.array("thumbs").shape == (25, 32, 32, 3)
+    keys = [r["key"] for r in d.manifest]
+    assert len(set(keys)) == 25
+    assert sorted(keys) == sorted(key_text(k) for k, _ in lsun_records)
+    assert "../../etc/passwd\\xff\\xfe/odd key" in keys
+    assert not (tmp_path / "etc").exists()  # keys are never used as paths
+    dropped = {r["key"] for r in d.drops()}
+    assert dropped == {"bad-truncated-jpeg", "bad-truncated-webp", "bad-empty", "bad-text",
+                       "bad-garbled-jpeg"}
+    # pixels match a direct decode of the same record
+    by_key = {key_text(k): v for k, v in lsun_records}
+    for i in (0, 5, 24):
+        ref, thumb = prepare(by_key[keys[i]], 64)
+        assert np.array_equal(d.images[i], ref)
+        assert np.array_equal(d.array("thumbs")[i], thumb)
+
+
+def test_workers_do_not_change_the_output(lsun_db, tmp_path):
+    src = LsunSource([lsun_db])
+    extract(src, tmp_path / "a", ExtractConfig(workers=1), progress=False)
+    extract(src, tmp_path / "b", ExtractConfig(workers=2, chunk=3), progress=False)
+    a, b = Dataset(tmp_path / "a"), Dataset(tmp_path / "b")
+    assert np.array_equal(a.images, b.images) and a.manifest == b.manifest
+
+
+def test_limit_and_sharding(lsun_db, tmp_path):
+    src = LsunSource([lsun_db], limit=10)
+    assert len(src) == 10
+    s0 = extract(src, tmp_path / "s0", ExtractConfig(chunk=3, world_size=2), progress=False)
+    s1 = extract(src, tmp_path / "s1", ExtractConfig(chunk=3, rank=1, world_size=2),
+                 progress=False)
+    assert s0["read"] + s1["read"] == 10
+    k0 = {r["key"] for r in Dataset(tmp_path / "s0").manifest}
+    k1 = {r["key"] for r in Dataset(tmp_path / "s1").manifest}
+    assert not k0 & k1
+
+
+def test_key_cache_is_invalidated_when_database_changes(tmp_path, photos):
+    db = write_lmdb(tmp_path / "x_lmdb", [(b"a" * 40, encode(photos[0]))])
+    assert len(LsunSource([db])) == 1
+    assert list(cache_dir().glob("*.keys.npy"))
+    write_lmdb(db, [(b"b" * 40, encode(photos[1]))])
+    assert len(LsunSource([db])) == 2
+
+
+def test_multiple_databases_and_category_root(lsun_db, tmp_path):
+    src = LsunSource(resolve_databases([lsun_db.parent], category="bedroom"))
+    assert len(src) == 30
+    two = LsunSource([lsun_db, lsun_db])
+    assert len(two) == 60 and list(two.read_range(29, 31))[1][0] == list(
+        src.read_range(0, 1))[0][0]
+
+
+def test_bad_database_paths(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        resolve_databases([tmp_path / "nope_lmdb"])
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(UserError, match="not an LMDB"):
+        resolve_databases([tmp_path / "plain"])
+    empty = write_lmdb(tmp_path / "empty_lmdb", [])
+    with pytest.raises(UserError, match="empty"):
+        LsunSource([empty])
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_extract_lsun_then_rerun_is_noop(lsun_db, tmp_path):
+    out = tmp_path / "ds"
+    r = run_cli("extract", "lsun", str(lsun_db), "--out", str(out), "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    assert "kept 25" in r.stdout and "5 corrupt" in r.stdout
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["kept"] == 25
+    mtime = (out / "images.npy").stat().st_mtime_ns
+    r = run_cli("extract", "lsun", str(lsun_db), "--out", str(out))
+    assert r.returncode == 0 and "nothing to do" in r.stdout
+    assert (out / "images.npy").stat().st_mtime_ns == mtime
+    r = run_cli("extract", "lsun", str(lsun_db), "--out", str(out), "--resolution", "32")
+    assert r.returncode == 2 and "different finished dataset" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("make,msg", [
+    (lambda p: p / "missing_lmdb", "does not exist"),
+    (lambda p: (p / "dir").mkdir() or p / "dir", "not an LMDB"),
+])
+def test_cli_bad_paths_are_one_line_errors(tmp_path, make, msg):
+    r = run_cli("extract", "lsun", str(make(tmp_path)), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
