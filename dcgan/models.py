@@ -1,0 +1,103 @@
+"""The DCGAN generator and discriminator (Radford, Metz & Chintala 2015, §3 and Figure 1).
+
+All-convolutional: fractionally-strided convolutions up in G, strided convolutions down in D,
+no pooling and no fully connected layers; batch norm everywhere except G's output and D's
+input; ReLU in G with a Tanh output, LeakyReLU(0.2) in D. D returns logits (the loss is
+``BCEWithLogitsLoss``). 32, 64 and 128 px variants follow the same construction: one block
+per doubling of the side between 4 px and the resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+RESOLUTIONS = (32, 64, 128)
+
+
+def _blocks(resolution: int) -> int:
+    """Number of resolution doublings from the 4 x 4 base to ``resolution``."""
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {RESOLUTIONS} (got {resolution})")
+    return int(math.log2(resolution)) - 2
+
+
+class Generator(nn.Module):
+    """z (N, nz) or (N, nz, 1, 1) -> images (N, nc, resolution, resolution) in [-1, 1]."""
+
+    def __init__(self, nz: int = 100, ngf: int = 64, resolution: int = 64, nc: int = 3):
+        super().__init__()
+        n = _blocks(resolution)
+        self.nz, self.ngf, self.resolution, self.nc = nz, ngf, resolution, nc
+        ch = ngf * 2 ** (n - 1)
+        # (N, nz, 1, 1) -> (N, ngf*2^(n-1), 4, 4): the "project and reshape" step.
+        layers: list[nn.Module] = [nn.ConvTranspose2d(nz, ch, 4, 1, 0, bias=False),
+                                   nn.BatchNorm2d(ch), nn.ReLU(True)]
+        for _ in range(n - 1):
+            # (N, ch, s, s) -> (N, ch/2, 2s, 2s)
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            ch //= 2
+        # (N, ngf, res/2, res/2) -> (N, nc, res, res); no batch norm on G's output.
+        layers += [nn.ConvTranspose2d(ch, nc, 4, 2, 1, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() == 2:
+            z = z[:, :, None, None]
+        return self.main(z)
+
+
+class Discriminator(nn.Module):
+    """images (N, nc, resolution, resolution) -> logits (N,)."""
+
+    def __init__(self, ndf: int = 64, resolution: int = 64, nc: int = 3):
+        super().__init__()
+        n = _blocks(resolution)
+        self.ndf, self.resolution, self.nc = ndf, resolution, nc
+        # (N, nc, res, res) -> (N, ndf, res/2, res/2); no batch norm on D's input.
+        blocks: list[nn.Module] = [nn.Sequential(nn.Conv2d(nc, ndf, 4, 2, 1, bias=False),
+                                                 nn.LeakyReLU(0.2, True))]
+        ch = ndf
+        for _ in range(n - 1):
+            # (N, ch, s, s) -> (N, 2ch, s/2, s/2)
+            blocks.append(nn.Sequential(nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False),
+                                        nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, True)))
+            ch *= 2
+        self.blocks = nn.ModuleList(blocks)
+        # (N, ndf*2^(n-1), 4, 4) -> (N, 1, 1, 1): one logit, no sigmoid.
+        self.head = nn.Conv2d(ch, 1, 4, 1, 0, bias=False)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each conv block's activations, from the input side (the paper's §5.1 features)."""
+        out = []
+        for block in self.blocks:
+            x = block(x)
+            out.append(x)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x).flatten()
+
+
+def weights_init(m: nn.Module) -> None:
+    """The paper's init: conv weights N(0, 0.02); batch-norm scales N(1, 0.02), shifts 0."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+def build_models(config: Any) -> tuple[Generator, Discriminator]:
+    """G and D for a ``TrainConfig`` (any object with resolution, nz, ngf, ndf), initialised."""
+    g = Generator(config.nz, config.ngf, config.resolution)
+    d = Discriminator(config.ndf, config.resolution)
+    g.apply(weights_init)
+    d.apply(weights_init)
+    return g, d
