@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dcgan.checkpoint import sample_z  # noqa: F401  (also importable from here)
+
 RESOLUTIONS = (32, 64, 128)
 
 

@@ -1,0 +1,68 @@
+"""Multi-process training under ``torchrun``: process group set-up, rank, device, agreement."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.errors import UserError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0  # this process's index
+    world_size: int = 1  # number of processes
+    local_rank: int = 0  # index on this machine (picks the GPU)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> CUDA when available; 'cuda' without a GPU is a clear error."""
+    if pref not in ("auto", "cuda", "cpu"):
+        raise UserError(f"--device must be auto, cuda or cpu (got {pref!r})")
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available "
+                        "(torch.cuda.is_available() is False); use --device cpu")
+    if pref == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def init(device_pref: str) -> tuple[Dist, torch.device]:
+    """Join the process group torchrun describes (env vars); a plain run is world size 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dist = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(device_pref, dist.local_rank)
+    if dist.enabled and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist, device
+
+
+def any_true(flag: bool, dist: Dist, device: torch.device) -> bool:
+    """True on every process when ``flag`` is true on any (a collective: call it in step)."""
+    if not dist.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def barrier(dist: Dist) -> None:
+    if dist.enabled:
+        torch.distributed.barrier()
+
+
+def shutdown(dist: Dist) -> None:
+    if dist.enabled and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
