@@ -85,7 +85,7 @@ class LsunSource:
         return bytes(blob[offsets[j]:offsets[j + 1]])
 
     def _env(self, db: int):
-        return _open_env(self.databases[db])
+        return open_env(self.databases[db])
 
     def read_range(self, start: int, stop: int) -> Iterator[tuple[str, bytes | None]]:
         stop = min(stop, self.length)
@@ -109,7 +109,7 @@ _ENVS: dict[str, object] = {}
 _ENVS_PID = -1
 
 
-def _open_env(db: Path):
+def open_env(db: Path):
     """This process's read-only environment for ``db`` (LMDB allows one per process)."""
     import lmdb
 

@@ -1,0 +1,198 @@
+"""LSUN extraction throughput: ours vs the raw decode floor vs torchvision's LSUN loader.
+
+Builds (once, cached under ``--work``) an LSUN-format LMDB of real photos (random views of
+the photos that ship with scikit-image/-learn, short side 256, WebP q75, as LSUN's), then, for
+each worker count, times on the same database:
+
+- ours: ``pipeline.extract.extract`` end to end (decode, centre crop, 64 px + 32 px thumbnail,
+  written to a dataset directory), pool start-up included;
+- floor: bytes to pixels only (``cv2.imdecode``) in the same number of processes, reading the
+  same LMDB, nothing returned, nothing written;
+- baseline: ``torchvision.datasets.LSUN`` with the pytorch/examples DCGAN transforms
+  (``Resize(64)``, ``CenterCrop(64)``, ``ToTensor()``) through a ``DataLoader`` (batch 128,
+  ``num_workers`` = the worker count).
+
+Each is run ``--repeats`` times, interleaved, and the best time is kept (the machine may be
+shared). Usage: ``python benchmarks/extract_lsun.py [--n 5000] [--workers 1 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RESOLUTION = 64
+
+
+def build_db(work: Path, n: int) -> Path:
+    """The benchmark database, built once per (n, seed) and reused."""
+    from pipeline.samples import make_lsun
+
+    root = work / f"lsun-{n}"
+    db = root / "bedroom_train_lmdb"
+    done = root / "BUILT"
+    if not done.exists():
+        shutil.rmtree(root, ignore_errors=True)
+        t = time.perf_counter()
+        print(f"building {n} WebP records in {db} ...", flush=True)
+        make_lsun(db, n, seed=0, short_side=256, quality=75)
+        done.write_text("ok\n")
+        print(f"  built in {time.perf_counter() - t:.0f} s", flush=True)
+    return db
+
+
+# -- the decode floor --------------------------------------------------------------------------
+def _floor_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _floor_task(task: tuple[str, bytes, int]) -> int:
+    """Decode ``count`` records from ``first_key`` on, with a cursor; returns pixels seen."""
+    import cv2
+    import numpy as np
+
+    from pipeline.lsun import open_env
+
+    db, first_key, count = task
+    env = open_env(Path(db))  # the same read-only environment settings as ours
+    pixels = 0
+    with env.begin(buffers=True) as txn:
+        cur = txn.cursor()
+        cur.set_key(first_key)
+        for _ in range(count):
+            img = cv2.imdecode(np.frombuffer(cur.value(), np.uint8), cv2.IMREAD_COLOR)
+            pixels += img.shape[0]
+            cur.next()
+    return pixels
+
+
+def time_floor(db: Path, keys: list[bytes], workers: int, chunk: int = 256) -> float:
+    tasks = [(str(db), keys[i], min(chunk, len(keys) - i)) for i in range(0, len(keys), chunk)]
+    t = time.perf_counter()
+    if workers <= 1:
+        _floor_init()
+        for task in tasks:
+            _floor_task(task)
+    else:
+        ctx = mp.get_context("forkserver")
+        with ctx.Pool(workers, _floor_init) as pool:
+            for _ in pool.imap(_floor_task, tasks):
+                pass
+    return time.perf_counter() - t
+
+
+# -- ours --------------------------------------------------------------------------------------
+def time_ours(db: Path, out: Path, workers: int) -> float:
+    from pipeline.extract import ExtractConfig, extract
+    from pipeline.lsun import LsunSource
+
+    source = LsunSource([db])  # key list from the cache (built before timing)
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    stats = extract(source, out, ExtractConfig(resolution=RESOLUTION, workers=workers),
+                    progress=False)
+    elapsed = time.perf_counter() - t
+    assert stats["kept"] == len(source), stats
+    return elapsed
+
+
+# -- the baseline ------------------------------------------------------------------------------
+def time_torchvision(db: Path, workers: int) -> float:
+    import torch
+    from torchvision import datasets, transforms
+
+    # LSUN pickles its key list to _cache_<root letters> in the working directory.
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            ds = datasets.LSUN(str(db.parent), classes=[db.name[: -len("_lmdb")]],
+                               transform=transforms.Compose([
+                                   transforms.Resize(RESOLUTION),
+                                   transforms.CenterCrop(RESOLUTION),
+                                   transforms.ToTensor()]))
+            loader = torch.utils.data.DataLoader(ds, batch_size=128, shuffle=False,
+                                                 num_workers=workers)
+            t = time.perf_counter()
+            seen = 0
+            for x, _ in loader:
+                seen += len(x)
+            elapsed = time.perf_counter() - t
+        finally:
+            os.chdir(cwd)
+    assert seen == len(ds)
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=5000, help="records in the database")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeats", type=int, default=2, help="best of this many runs")
+    ap.add_argument("--work", type=Path,
+                    default=Path(tempfile.gettempdir()) / "dcgan-curate-bench",
+                    help="where the database (cached) and outputs go")
+    ap.add_argument("--only", choices=["ours", "floor", "torchvision"], nargs="+",
+                    default=["ours", "floor", "torchvision"])
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    args.work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("DCGAN_CURATE_CACHE", str(args.work / "cache"))
+    db = build_db(args.work, args.n)
+
+    from pipeline.lsun import LsunSource
+
+    source = LsunSource([db])
+    keys = [source.key_bytes(i) for i in range(len(source))]
+    n = len(keys)
+    runners = {"ours": lambda w: time_ours(db, args.work / "out", w),
+               "floor": lambda w: time_floor(db, keys, w),
+               "torchvision": lambda w: time_torchvision(db, w)}
+    print(f"{n} records (WebP q75, short side 256) -> {RESOLUTION} px; "
+          f"{os.cpu_count()} CPUs; best of {args.repeats}", flush=True)
+    results: dict[tuple[str, int], float] = {}
+    for w in args.workers:
+        for r in range(args.repeats):
+            for name in args.only:
+                s = runners[name](w)
+                print(f"  workers={w} run {r + 1} {name:12s} {n / s:8.0f} img/s", flush=True)
+                key = (name, w)
+                results[key] = min(results.get(key, float("inf")), s)
+
+    print()
+    print("| workers | ours img/s | decode floor img/s | torchvision img/s | ours/baseline "
+          "| ours/floor |")
+    print("|---|---|---|---|---|---|")
+    for w in args.workers:
+        rate = {name: n / results[(name, w)] for name in args.only if (name, w) in results}
+        ours, floor, tv = (rate.get(k) for k in ("ours", "floor", "torchvision"))
+
+        def fmt(x):
+            return f"{x:.0f}" if x else "-"
+
+        def ratio(a, b):
+            return f"{a / b:.2f}x" if a and b else "-"
+
+        print(f"| {w} | {fmt(ours)} | {fmt(floor)} | {fmt(tv)} | {ratio(ours, tv)} "
+              f"| {ratio(ours, floor)} |")
+    if len(args.workers) > 1 and "ours" in args.only:
+        lo, hi = min(args.workers), max(args.workers)
+        print(f"\nscaling, ours: {results[('ours', lo)] / results[('ours', hi)]:.2f}x "
+              f"from {lo} to {hi} workers")
+
+
+if __name__ == "__main__":
+    main()
