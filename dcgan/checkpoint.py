@@ -45,6 +45,27 @@ class TrainConfig:
     speed: str = "auto"  # CUDA step: "graph" (CUDA graph), "compile" (+torch.compile), "eager"
     amp: bool = True  # bf16 autocast on CUDA (always fp32 on the CPU)
 
+    def __post_init__(self) -> None:
+        checks = [
+            (self.resolution in (32, 64, 128), f"resolution must be 32, 64 or 128 (got "
+                                               f"{self.resolution})"),
+            (self.z_dist in ("uniform", "normal"), f"z-dist must be uniform or normal (got "
+                                                   f"{self.z_dist!r})"),
+            (self.device in ("auto", "cuda", "cpu"), f"device must be auto, cuda or cpu (got "
+                                                     f"{self.device!r})"),
+            (self.speed in ("auto", "graph", "compile", "eager"), "speed must be auto, graph, "
+                                                                  f"compile or eager (got "
+                                                                  f"{self.speed!r})"),
+            (min(self.nz, self.ngf, self.ndf, self.batch_size, self.steps, self.keep,
+                 self.log_every, self.sample_every, self.checkpoint_every) >= 1,
+             "nz, ngf, ndf, batch size, steps, keep and the intervals must be at least 1"),
+            (self.lr > 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
+             "lr must be positive and the betas in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

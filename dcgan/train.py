@@ -307,9 +307,6 @@ def _train(data, out: Path, config: TrainConfig, resume: bool, progress: bool,
         raise UserError(f"{out} already holds a run (checkpoints up to step "
                         f"{latest_checkpoint(out)[1]['step']}): pass --resume to continue "
                         "it, or choose another --out")
-    for name in ("log_every", "sample_every", "checkpoint_every", "steps", "batch_size"):
-        if getattr(config, name) < 1:
-            raise UserError(f"{name.replace('_', '-')} must be at least 1")
     images = open_images(data, config.resolution, progress and dist.main)
     run = RunDir(out, write=dist.main)
     trainer = Trainer(config, images, device, dist)
@@ -399,3 +396,10 @@ def _train(data, out: Path, config: TrainConfig, resume: bool, progress: bool,
             "speed": trainer.speed, "device": str(device), "world_size": dist.world_size,
             "metrics": metrics, "checkpoint": str(ckpt) if ckpt else None,
             "generator": str(gen) if gen else None, "run": str(out)}
+
+
+def steps_for_epochs(data: str | Path, config: TrainConfig, epochs: float,
+                     progress: bool = True) -> int:
+    """The total steps that make ``epochs`` passes over the data at the config's batch."""
+    n = len(open_images(data, config.resolution, progress))
+    return max(1, math.ceil(epochs * n / config.batch_size))
