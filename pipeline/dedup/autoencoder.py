@@ -1,0 +1,213 @@
+"""The dedup autoencoder: 32 x 32 thumbnails -> 128 ReLU units -> 32 x 32 (paper, section 4.1.1).
+
+A 3072-128-3072 denoising autoencoder: the input is corrupted with dropout and the clean input
+is reconstructed; the code layer is a ReLU whose active units (> 0) form a 128-bit semantic hash.
+
+One deliberate change from the paper: every thumbnail is standardized (its own mean removed,
+divided by its own standard deviation) before it reaches the network. Brightness and contrast
+edits are affine in pixel values, so they vanish from the input and cannot flip code bits;
+measured on the benchmark's brightness/contrast near-duplicates this took their median code
+distance from tens of bits to a few.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when the saved layout or the input normalization changes
+THUMB_SHAPE = (32, 32, 3)
+MIN_TRAIN = 256  # fewer thumbnails than this cannot fit 128 units meaningfully
+KEY_BITS = 32  # the bucket key: 32 of the code units (the design's 32-bit codes)
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    code_bits: int = 128  # code-layer units = bits of the full hash (paper: 128)
+    dropout: float = 0.2  # input corruption of the denoising autoencoder
+    epochs: int = 8  # passes over the training subset
+    batch_size: int = 256  # thumbnails per optimizer step
+    lr: float = 2e-3  # Adam learning rate
+    train_limit: int = 20000  # random training subset when the data is larger
+    seed: int = 0  # subset choice, initialization, dropout masks
+    min_images: int = MIN_TRAIN  # refuse to train on fewer thumbnails (clear error)
+
+
+def standardize(thumbs: np.ndarray) -> np.ndarray:
+    """(N, 32, 32, 3) uint8 -> (N, 3072) float32 with zero mean and unit std per image.
+
+    The std is floored so that flat images (a blank frame) stay near zero instead of
+    amplifying encoder noise.
+    """
+    x = np.asarray(thumbs, dtype=np.float32).reshape(len(thumbs), -1) / 255.0
+    x -= x.mean(axis=1, keepdims=True)
+    x /= np.maximum(x.std(axis=1, keepdims=True), 0.02)
+    return x
+
+
+class Autoencoder(nn.Module):
+    """3072 -> 128 (ReLU code) -> 3072; carries the 32 key units chosen on its training data."""
+
+    def __init__(self, code_bits: int = 128):
+        super().__init__()
+        n_in = int(np.prod(THUMB_SHAPE))
+        self.encoder = nn.Linear(n_in, code_bits)  # (N, 3072) -> (N, 128), then ReLU
+        self.decoder = nn.Linear(code_bits, n_in)  # (N, 128) -> (N, 3072), linear output
+        self.register_buffer("key_units", torch.arange(KEY_BITS, dtype=torch.long))
+        self.config: dict[str, Any] = {}
+
+    @property
+    def code_bits(self) -> int:
+        return self.encoder.out_features
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.encoder(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encode(x))
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda' when a GPU is usable, else 'cpu'; a missing GPU is a clear error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"device must be auto, cpu or cuda (got {device!r})")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available")
+    return device
+
+
+def _check_thumbs(thumbs: np.ndarray) -> None:
+    if thumbs.ndim != 4 or tuple(thumbs.shape[1:]) != THUMB_SHAPE or thumbs.dtype != np.uint8:
+        raise UserError(f"expected uint8 thumbnails of shape (N, 32, 32, 3), got "
+                        f"{thumbs.dtype} {tuple(thumbs.shape)}")
+
+
+def train_autoencoder(thumbs: np.ndarray, config: AutoencoderConfig | None = None,
+                      device: str = "auto", progress: bool = True) -> Autoencoder:
+    """Train the denoising autoencoder on ``thumbs`` and choose its key units.
+
+    Uses a random subset of ``config.train_limit`` thumbnails when there are more. Raises
+    ``UserError`` when there are fewer than ``config.min_images``.
+    """
+    from tqdm import tqdm
+
+    from pipeline.dedup.hashing import binarize, choose_key_units
+
+    config = config or AutoencoderConfig()
+    _check_thumbs(thumbs)
+    n = len(thumbs)
+    if n < config.min_images:
+        raise UserError(f"{n} images are too few to train the dedup autoencoder: it needs at "
+                        f"least {config.min_images}; pass --model PATH to reuse a trained one")
+    device = resolve_device(device)
+    rng = np.random.default_rng(config.seed)
+    idx = np.sort(rng.choice(n, config.train_limit, replace=False)) if n > config.train_limit \
+        else np.arange(n)
+    x = torch.from_numpy(standardize(thumbs[idx])).to(device)
+    torch.manual_seed(config.seed)
+    gen = torch.Generator(device="cpu").manual_seed(config.seed)
+    if config.code_bits % 8 or config.code_bits < KEY_BITS:
+        raise UserError(f"code_bits must be a multiple of 8 and at least {KEY_BITS}")
+    model = Autoencoder(config.code_bits).to(device)
+    model.config = asdict(config)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    drop = nn.Dropout(config.dropout)
+    steps_per_epoch = max(1, int(np.ceil(len(x) / config.batch_size)))
+    bar = tqdm(total=config.epochs * steps_per_epoch, desc="autoencoder", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    loss_value = float("nan")
+    model.train()
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(x), generator=gen).to(device)
+        total, count = 0.0, 0
+        for s in range(steps_per_epoch):
+            batch = x[order[s * config.batch_size:(s + 1) * config.batch_size]]
+            loss = nn.functional.mse_loss(model(drop(batch)), batch)  # clean target
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(batch)
+            count += len(batch)
+            bar.update(1)
+        loss_value = total / count
+        bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+        log.debug("autoencoder epoch %d: loss %.4f", epoch + 1, loss_value)
+    bar.close()
+    model.eval()
+    model.config["final_loss"] = round(loss_value, 5)
+    model.config["trained_on"] = int(len(idx))
+    log.info("autoencoder: %d thumbnails, %d epochs, reconstruction loss %.4f (per value, "
+             "standardized units)", len(idx), config.epochs, loss_value)
+    acts = encode_thumbs(model, thumbs[idx])
+    units = choose_key_units(binarize(acts), KEY_BITS)
+    model.key_units = torch.as_tensor(units, dtype=torch.long, device=device)
+    return model.cpu()
+
+
+@torch.no_grad()
+def encode_thumbs(model: Autoencoder, thumbs: np.ndarray, batch: int = 8192) -> np.ndarray:
+    """(N, 32, 32, 3) uint8 -> (N, 128) float32 code-layer activations (post-ReLU)."""
+    _check_thumbs(thumbs)
+    model.eval()
+    dev = next(model.parameters()).device
+    out = np.empty((len(thumbs), model.code_bits), np.float32)
+    for s in range(0, len(thumbs), batch):
+        x = torch.from_numpy(standardize(thumbs[s:s + batch])).to(dev)
+        out[s:s + batch] = model.encode(x).cpu().numpy()
+    return out
+
+
+def save_autoencoder(model: Autoencoder, path: str | Path) -> Path:
+    """Save weights, key units and config (loadable with ``weights_only=True``), atomically."""
+    from pipeline.dataset import atomic_write
+
+    path = Path(path)
+    state = {"format": "dcgan-curate-dedup-autoencoder", "version": FORMAT_VERSION,
+             "code_bits": model.code_bits,
+             "config": dict(model.config),
+             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
+    return path
+
+
+def load_autoencoder(path: str | Path, device: str = "cpu") -> Autoencoder:
+    """Load a saved autoencoder; another format, version or shape is a clear ``UserError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"autoencoder file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is not a dedup autoencoder file ({type(e).__name__})") from e
+    if not isinstance(state, dict) or state.get("format") != "dcgan-curate-dedup-autoencoder":
+        raise UserError(f"{path} is not a dedup autoencoder file")
+    if state.get("version") != FORMAT_VERSION:
+        raise UserError(f"{path} is a version {state.get('version')} autoencoder; this tool "
+                        f"reads version {FORMAT_VERSION}: retrain it (omit --model)")
+    try:
+        model = Autoencoder(int(state["code_bits"]))
+        model.load_state_dict(state["state_dict"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: weights do not fit a 3072-{state['code_bits']}-3072 "
+                        f"autoencoder ({str(e).splitlines()[0]})") from e
+    if model.code_bits % 8 or model.key_units.numel() != KEY_BITS \
+            or int(model.key_units.max()) >= model.code_bits:
+        raise UserError(f"{path}: unsupported code shape ({model.code_bits} bits, "
+                        f"{model.key_units.numel()} key units)")
+    model.config = dict(state.get("config") or {})
+    model.eval()
+    return model.to(resolve_device(device))
