@@ -22,12 +22,15 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# --code DIR measures another checkout's pipeline as "ours" (before/after comparisons).
+_CODE = sys.argv[sys.argv.index("--code") + 1] if "--code" in sys.argv else None
+sys.path.insert(0, _CODE or str(Path(__file__).resolve().parents[1]))
 
 RESOLUTION = 64
 
@@ -50,6 +53,9 @@ def build_db(work: Path, n: int) -> Path:
 
 
 # -- the decode floor --------------------------------------------------------------------------
+_ENV = {}
+
+
 def _floor_init() -> None:
     import cv2
 
@@ -59,12 +65,13 @@ def _floor_init() -> None:
 def _floor_task(task: tuple[str, bytes, int]) -> int:
     """Decode ``count`` records from ``first_key`` on, with a cursor; returns pixels seen."""
     import cv2
+    import lmdb
     import numpy as np
 
-    from pipeline.lsun import open_env
-
     db, first_key, count = task
-    env = open_env(Path(db))  # the same read-only environment settings as ours
+    if db not in _ENV:  # the same read-only settings as ours, opened once per process
+        _ENV[db] = lmdb.open(db, readonly=True, lock=False, readahead=False, meminit=False)
+    env = _ENV[db]
     pixels = 0
     with env.begin(buffers=True) as txn:
         cur = txn.cursor()
@@ -134,6 +141,22 @@ def time_torchvision(db: Path, workers: int) -> float:
     return elapsed
 
 
+def measure(name: str, db: Path, work: Path, workers: int) -> float:
+    """Seconds for one measurement (run in a fresh process: LMDB allows one environment per
+    path and process, and no run inherits another's warm state)."""
+    import torch
+
+    torch.set_num_threads(1)
+    if name == "ours":
+        return time_ours(db, work / "out", workers)
+    if name == "floor":
+        from pipeline.lsun import LsunSource
+
+        source = LsunSource([db])
+        return time_floor(db, [source.key_bytes(i) for i in range(len(source))], workers)
+    return time_torchvision(db, workers)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=5000, help="records in the database")
@@ -144,30 +167,36 @@ def main() -> None:
                     help="where the database (cached) and outputs go")
     ap.add_argument("--only", choices=["ours", "floor", "torchvision"], nargs="+",
                     default=["ours", "floor", "torchvision"])
+    ap.add_argument("--code", type=Path, help="measure this checkout's pipeline as 'ours' "
+                    "(default: the one holding this script)")
+    ap.add_argument("--measure", nargs=2, metavar=("NAME", "WORKERS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
-    import torch
-
-    torch.set_num_threads(1)
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DCGAN_CURATE_CACHE", str(args.work / "cache"))
     db = build_db(args.work, args.n)
+    if args.measure:
+        print(measure(args.measure[0], db, args.work, int(args.measure[1])))
+        return
 
     from pipeline.lsun import LsunSource
 
-    source = LsunSource([db])
-    keys = [source.key_bytes(i) for i in range(len(source))]
-    n = len(keys)
-    runners = {"ours": lambda w: time_ours(db, args.work / "out", w),
-               "floor": lambda w: time_floor(db, keys, w),
-               "torchvision": lambda w: time_torchvision(db, w)}
+    n = len(LsunSource([db]))  # builds the key cache before any timing
+
+    def run(name: str, workers: int) -> float:
+        code = ["--code", str(args.code.resolve())] if args.code else []
+        out = subprocess.run([sys.executable, __file__, "--n", str(args.n), "--work",
+                              str(args.work), *code, "--measure", name, str(workers)],
+                             capture_output=True, text=True, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+
     print(f"{n} records (WebP q75, short side 256) -> {RESOLUTION} px; "
           f"{os.cpu_count()} CPUs; best of {args.repeats}", flush=True)
     results: dict[tuple[str, int], float] = {}
     for w in args.workers:
         for r in range(args.repeats):
             for name in args.only:
-                s = runners[name](w)
+                s = run(name, w)
                 print(f"  workers={w} run {r + 1} {name:12s} {n / s:8.0f} img/s", flush=True)
                 key = (name, w)
                 results[key] = min(results.get(key, float("inf")), s)

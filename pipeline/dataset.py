@@ -170,6 +170,9 @@ class DatasetWriter:
             self._manifest = open(self._partial(MANIFEST), "w")
             self._arrays = {n: _ArrayAppender(self._partial(f"{n}.npy"), s)
                             for n, s in self.arrays_spec.items()}
+            # At once, so a run stopped before its first timed checkpoint (or one whose
+            # last checkpoint failed: disk full) leaves a directory that resumes.
+            self.checkpoint()
 
     def _clear(self) -> None:
         """Remove what a stage writes here (only files this tool owns are touched)."""
@@ -187,6 +190,9 @@ class DatasetWriter:
         self._dropped = Counter(progress["dropped"])
         self._seconds_before = progress["seconds"]
         sizes = progress["sizes"]
+        for p in self.root.glob("*.jsonl" + PARTIAL):  # drop files begun after the checkpoint
+            if p.name[: -len(PARTIAL)] not in sizes:
+                p.unlink()
         for name, size in sizes.items():
             with open(self._partial(name), "r+b") as f:
                 f.truncate(size)

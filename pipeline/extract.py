@@ -83,6 +83,22 @@ def shard_tasks(n: int, chunk: int, rank: int, world_size: int) -> list[tuple[in
     return ranges[rank::world_size]
 
 
+def remaining_tasks(tasks: list[tuple[int, int]], position: int) -> list[tuple[int, int]]:
+    """The tasks left after the first ``position`` records of ``tasks`` were consumed.
+
+    A task is cut where the position falls inside it (a resumed run may use another chunk
+    size: the chunk size is a speed setting, not part of the output's identity).
+    """
+    todo, seen = [], 0
+    for a, b in tasks:
+        if seen + (b - a) <= position:
+            seen += b - a
+            continue
+        todo.append((a + max(0, position - seen), b))
+        seen = position
+    return todo
+
+
 def extract(source: Source, out: str | Path, config: ExtractConfig = ExtractConfig(),
             progress: bool = True) -> dict[str, Any]:
     """Write ``source`` as a dataset directory at ``out``; returns its stats.
@@ -103,12 +119,8 @@ def extract(source: Source, out: str | Path, config: ExtractConfig = ExtractConf
         return {**Dataset(out).stats, "skipped": True}
     tasks = shard_tasks(len(source), config.chunk, config.rank, config.world_size)
     total = sum(b - a for a, b in tasks)
-    done, todo = 0, []
-    for a, b in tasks:  # resume: skip the tasks an interrupted run finished
-        if done < writer.position:
-            done += b - a
-        else:
-            todo.append((a, b))
+    todo = remaining_tasks(tasks, writer.position)
+    done = total - sum(b - a for a, b in todo)
     workers = config.workers or default_workers()
     bar = tqdm(total=total, initial=done, unit="img", desc="extract", disable=not progress,
                dynamic_ncols=True)

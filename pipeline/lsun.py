@@ -93,12 +93,42 @@ class LsunSource:
         while i < stop:
             db = int(np.searchsorted(self._starts, i, side="right") - 1)
             end = min(stop, int(self._starts[db + 1]))
-            with self._env(db).begin(buffers=False) as txn:
-                for j in range(i, end):
-                    key = self.key_bytes(j)
-                    data = txn.get(key)
-                    yield key_text(key), data
+            base = int(self._starts[db])
+            yield from self._read_db(db, i - base, end - base)
             i = end
+
+    def _read_db(self, db: int, start: int, stop: int) -> Iterator[tuple[str, bytes | None]]:
+        """Records ``start..stop-1`` of database ``db``, walked with one cursor.
+
+        A cursor walk costs 4 us a record against 25-50 us for a lookup by key. Should the
+        walk fail (a damaged page), the rest of the range is looked up key by key, and a
+        record that cannot be read comes back as ``None`` (dropped as corrupt).
+        """
+        import lmdb
+
+        offsets, blob = self.keys[db]
+
+        def key_at(j: int) -> bytes:
+            return bytes(blob[offsets[j]:offsets[j + 1]])
+
+        with self._env(db).begin(buffers=False) as txn:
+            j = start
+            try:
+                cur = txn.cursor()
+                ok = cur.set_key(key_at(start))
+                while ok and j < stop:
+                    yield key_text(cur.key()), cur.value()
+                    j += 1
+                    ok = j == stop or cur.next()
+            except lmdb.Error:
+                pass
+            for k in range(j, stop):
+                key = key_at(k)
+                try:
+                    data = txn.get(key)
+                except lmdb.Error:
+                    data = None
+                yield key_text(key), data
 
     def describe(self) -> dict:
         return {"kind": "lsun", "databases": [str(d.resolve()) for d in self.databases],
@@ -119,8 +149,11 @@ def open_env(db: Path):
         _ENVS_PID = os.getpid()
     path = str(db.resolve())
     if path not in _ENVS:
-        _ENVS[path] = lmdb.open(path, readonly=True, lock=False, readahead=False,
-                                meminit=False, max_readers=16)
+        try:
+            _ENVS[path] = lmdb.open(path, readonly=True, lock=False, readahead=False,
+                                    meminit=False, max_readers=16)
+        except lmdb.Error as e:
+            raise UserError(f"cannot open LSUN database {db}: {e}") from e
     return _ENVS[path]
 
 

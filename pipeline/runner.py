@@ -28,6 +28,15 @@ def _init(state: dict[str, Any]) -> None:
     _STATE.update(state)
 
 
+def _init_worker(state: dict[str, Any]) -> None:
+    import signal
+
+    # Ctrl-C reaches the whole process group: only the parent handles it (checkpoints and
+    # stops the pool), so workers do not each print a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init(state)
+
+
 def default_workers() -> int:
     """One worker per core this process may use."""
     try:
@@ -55,5 +64,5 @@ def run_ordered(fn: Callable[[Any], Any], tasks: Iterable[Any], state: dict[str,
     ctx = mp.get_context(method)
     if method == "forkserver":
         ctx.set_forkserver_preload(["numpy", "cv2", "pipeline.decode"])
-    with ctx.Pool(workers, _init, (state,)) as pool:
+    with ctx.Pool(workers, _init_worker, (state,)) as pool:
         yield from pool.imap(fn, tasks, chunksize=1)
