@@ -321,16 +321,17 @@ def _train(data, out: Path, config: TrainConfig, resume: bool, progress: bool,
     run.truncate_metrics(trainer.step)
     fixed = sample_z(64, config, torch.Generator().manual_seed(mix_seed(config.seed, "fixed")))
     start_step, t_start = trainer.step, time.monotonic()
-    last = {"step": trainer.step, "t": t_start}
+    last = {"step": trainer.step, "t": t_start, "saved": -1}
     status, metrics = "finished", {}
 
     def save() -> Path | None:
-        if trainer.step == 0:
-            return None
         path = checkpoint_path(out, trainer.step)
-        if dist.main and not path.exists():
+        if trainer.step in (0, last["saved"]):
+            return path if trainer.step else None
+        if dist.main:  # replaces a file of the same step (say, a corrupt one skipped on resume)
             save_checkpoint(trainer.state_dict(), path)
             prune_checkpoints(out, config.keep)
+        last["saved"] = trainer.step
         ddp.barrier(dist)
         return path
 

@@ -1,0 +1,217 @@
+"""The trainer on real images (CPU, tiny widths): exact resume, learning, guards, the feed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dcgan.checkpoint import (
+    TrainConfig,
+    find_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    load_generator,
+    sample_z,
+)
+from dcgan.data import DataOrder, Feed
+from dcgan.models import build_models
+from dcgan.train import TrainingDiverged, resolve_config, train
+from pipeline.dataset import Dataset
+from pipeline.errors import UserError
+from pipeline.extract import ExtractConfig, extract
+from pipeline.samples import encode, random_view
+from pipeline.sources import FolderSource
+
+TINY = {"resolution": 32, "nz": 16, "ngf": 8, "ndf": 8, "batch_size": 16, "device": "cpu",
+        "log_every": 2, "sample_every": 2, "checkpoint_every": 2}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Two cores shared by many: one intra-op thread is faster than two here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def jpeg_folder(tmp_path_factory, photos):
+    """60 JPEG files: random crops of the package photos (an image folder to train on)."""
+    root = tmp_path_factory.mktemp("jpegs")
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        (root / f"{i:03d}.jpg").write_bytes(
+            encode(random_view(photos[i % len(photos)], rng, short_side=80), "jpeg", 90))
+    return root
+
+
+@pytest.fixture(scope="module")
+def data32(jpeg_folder, tmp_path_factory):
+    """The folder through the real extraction stage: a 32 px dataset directory."""
+    out = tmp_path_factory.mktemp("data") / "photos32"
+    extract(FolderSource(jpeg_folder), out, ExtractConfig(resolution=32, workers=1),
+            progress=False)
+    return out
+
+
+def _equal_state(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal_state(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_resume_is_bit_exact(data32, tmp_path):
+    """6 steps == 3 steps + resume + 3 steps: weights, optimizers, samples, metrics."""
+    full = TrainConfig(**TINY, steps=6)
+    r = train(data32, tmp_path / "full", full, progress=False)
+    assert r["status"] == "finished" and r["step"] == 6 and r["speed"] == "eager"
+    train(data32, tmp_path / "half", full.replace(steps=3), progress=False)
+    config = resolve_config(tmp_path / "half", {"steps": 6}, resume=True)
+    assert config == full  # the checkpoint's config, with the new total
+    r2 = train(data32, tmp_path / "half", config, resume=True, progress=False)
+    assert r2["steps_run"] == 3 and r2["step"] == 6
+    a = load_checkpoint(find_checkpoint(tmp_path / "full"))
+    b = load_checkpoint(find_checkpoint(tmp_path / "half"))
+    assert a["step"] == b["step"] == 6
+    for k in ("G", "D", "opt_g", "opt_d"):
+        assert _equal_state(a[k], b[k]), k
+    # 60 images, 16 a step: steps 3 and 6 straddle epochs, so the data order is tested too.
+    png = "samples/step-00000006.png"
+    assert (tmp_path / "full" / png).read_bytes() == (tmp_path / "half" / png).read_bytes()
+    m_full = {m["step"]: m for m in map(json.loads, open(tmp_path / "full/metrics.jsonl"))}
+    m_half = {m["step"]: m for m in map(json.loads, open(tmp_path / "half/metrics.jsonl"))}
+    assert sorted(m_half) == [2, 3, 4, 6]
+    for s in (2, 6):
+        assert {k: v for k, v in m_full[s].items() if k != "img_per_s"} == \
+            {k: v for k, v in m_half[s].items() if k != "img_per_s"}
+    # A third run in the same place must resume, not silently start over.
+    with pytest.raises(UserError, match="--resume"):
+        train(data32, tmp_path / "full", full, progress=False)
+
+
+def test_run_directory(data32, tmp_path):
+    run = tmp_path / "run"
+    train(data32, run, TrainConfig(**{**TINY, "checkpoint_every": 1, "keep": 2}, steps=4),
+          progress=False)
+    assert json.loads((run / "config.json").read_text())["ngf"] == 8
+    lines = [json.loads(x) for x in open(run / "metrics.jsonl")]
+    assert [m["step"] for m in lines] == [2, 4]
+    assert set(lines[0]) >= {"step", "loss_d", "loss_g", "d_real", "d_fake", "img_per_s"}
+    assert 0 < lines[0]["d_real"] < 1 and 0 < lines[0]["d_fake"] < 1
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000004.pt", "step-00000003.pt"]
+    import cv2
+
+    grid = cv2.imread(str(run / "samples/step-00000004.png"))
+    assert grid.shape == (8 * 33 + 1, 8 * 33 + 1, 3)  # 64 samples of 32 px, 1 px gaps
+    assert cv2.imread(str(run / "loss.png")).shape == (400, 800, 3)
+    ckpt = torch.load(run / "checkpoints/step-00000004.pt", weights_only=True)
+    assert {"G", "D", "opt_g", "opt_d", "step", "rng", "config"} <= set(ckpt)
+    g, config = load_generator(run / "generator.pt")
+    assert torch.equal(next(iter(g.state_dict().values())), next(iter(ckpt["G"].values())))
+
+
+def test_corrupt_checkpoint_falls_back_and_resume_recovers(data32, tmp_path):
+    run = tmp_path / "run"
+    config = TrainConfig(**TINY, steps=4)
+    train(data32, run, config, progress=False)
+    newest = run / "checkpoints/step-00000004.pt"
+    original = load_checkpoint(newest)
+    newest.write_bytes(newest.read_bytes()[:1000])  # a torn file
+    with pytest.raises(UserError, match="corrupt"):
+        load_checkpoint(newest)
+    path, ckpt = latest_checkpoint(run)
+    assert path.name == "step-00000002.pt" and ckpt["step"] == 2
+    train(data32, run, config, resume=True, progress=False)  # redoes steps 3-4
+    assert _equal_state(load_checkpoint(newest)["G"], original["G"])
+
+
+def test_checkpoints_load_weights_only(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    torch.save({"config": {}, "G": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="corrupt or not a checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="no checkpoint"):
+        latest_checkpoint(tmp_path)
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(data32, tmp_path):
+    run = tmp_path / "run"
+    config = TrainConfig(**{**TINY, "log_every": 1}, steps=2)
+    train(data32, run, config, progress=False)
+    # Make the run blow up after its checkpoint: D's Adam steps become huge on resume.
+    path = run / "checkpoints/step-00000002.pt"
+    ckpt = load_checkpoint(path)
+    for group in ckpt["opt_d"]["param_groups"]:
+        group["lr"] = 1e30
+    torch.save(ckpt, path)
+    with pytest.raises(TrainingDiverged, match="NaN or infinite between steps 2 and 3.*"
+                                               "last good checkpoint is kept.*step-00000002"):
+        train(data32, run, config.replace(steps=8), resume=True, progress=False)
+    assert list_checkpoints(run) == [path]
+    assert latest_checkpoint(run)[1]["step"] == 2
+
+
+def test_learning_moves_samples_towards_the_data(data32, tmp_path):
+    """A short run moves the samples' colour statistics towards the photos'.
+
+    The statistics are per-channel means, spreads and within-image spreads; a generator that
+    does not learn stays at its initial (grey, flat) output and fails the check.
+    """
+    config = TrainConfig(resolution=32, ngf=16, ndf=16, batch_size=32, lr=1e-3, steps=120,
+                         log_every=40, sample_every=1000, checkpoint_every=1000,
+                         device="cpu")
+    train(data32, tmp_path / "run", config, progress=False)
+
+    def stats(x: np.ndarray) -> np.ndarray:  # x: N x H x W x 3 in [-1, 1]
+        return np.concatenate([x.mean((0, 1, 2)), x.std((0, 1, 2)),
+                               x.reshape(len(x), -1, 3).std(1).mean(0)])
+
+    data = Dataset(data32).images.astype(np.float32) / 127.5 - 1
+    target = stats(data)
+    z = sample_z(256, config, torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    g0 = build_models(config)[0].eval()
+    g1 = load_generator(tmp_path / "run")[0]
+    with torch.no_grad():
+        before = stats(g0(z).permute(0, 2, 3, 1).numpy())
+        after = stats(g1(z).permute(0, 2, 3, 1).numpy())
+    d0, d1 = np.abs(before - target).sum(), np.abs(after - target).sum()
+    assert d1 < 0.75 * d0, (before, after, target)
+    assert (after[3:] > before[3:] + 0.05).all()  # colour spread grew in every channel
+
+
+def test_data_order_epochs_and_ranks():
+    order = DataOrder(10, 4, seed=3)
+    seen = torch.cat([order.indices(s) for s in range(5)])  # 20 = two epochs
+    assert sorted(seen[:10].tolist()) == list(range(10))
+    assert sorted(seen[10:].tolist()) == list(range(10))
+    assert not torch.equal(seen[:10], seen[10:])  # a new permutation each epoch
+    r0, r1 = DataOrder(10, 4, 3, 0, 2), DataOrder(10, 4, 3, 1, 2)
+    assert torch.equal(torch.cat([r0.indices(7), r1.indices(7)]), order.indices(7))
+    with pytest.raises(UserError, match="split evenly"):
+        DataOrder(10, 5, 0, 0, 2)
+
+
+def test_streamed_feed_matches_resident(data32):
+    images = Dataset(data32).images
+    order = DataOrder(len(images), 16, seed=1)
+    resident = Feed(images, order, torch.device("cpu"), resident=True)
+    streamed = Feed(images, order, torch.device("cpu"), resident=False)
+    try:
+        for s in [0, 1, 2, 3, 4, 9, 10, 2]:  # in order, then jumps (as after a resume)
+            a, b = resident.batch(s), streamed.batch(s)
+            assert a.shape == (16, 32, 32, 3) and torch.equal(a, b), s
+    finally:
+        streamed.close()
