@@ -170,6 +170,7 @@ class DatasetWriter:
             self._manifest = open(self._partial(MANIFEST), "w")
             self._arrays = {n: _ArrayAppender(self._partial(f"{n}.npy"), s)
                             for n, s in self.arrays_spec.items()}
+            self._commit()
             # At once, so a run stopped before its first timed checkpoint (or one whose
             # last checkpoint failed: disk full) leaves a directory that resumes.
             self.checkpoint()
@@ -202,6 +203,7 @@ class DatasetWriter:
         for name in sizes:
             if name.endswith(".jsonl") and name != MANIFEST:
                 self._drop_files[name[: -len(".jsonl")]] = open(self._partial(name), "a")
+        self._commit()
 
     def _partial(self, name: str) -> Path:
         return self.root / (name + PARTIAL)
@@ -226,8 +228,19 @@ class DatasetWriter:
     def advance(self, n: int = 1) -> None:
         """Mark ``n`` more source items as consumed; checkpoints every few seconds."""
         self.position += n
+        self._commit()
         if time.monotonic() - self._last_checkpoint > _CHECKPOINT_SECONDS:
             self.checkpoint()
+
+    def _commit(self) -> None:
+        """Note the state at a source-item boundary: what a checkpoint records. Rows added
+        since (an item half written when Ctrl-C or a disk error struck) are cut on resume,
+        so no item is ever kept twice."""
+        sizes = {MANIFEST: self._manifest.tell()}
+        sizes.update({f"{n}.npy": a.f.tell() for n, a in self._arrays.items()})
+        sizes.update({f"{n}.jsonl": f.tell() for n, f in self._drop_files.items()})
+        self._committed = {"position": self.position, "kept": self._kept,
+                           "dropped": dict(self._dropped), "sizes": sizes}
 
     def path(self, name: str) -> Path:
         """Where a stage puts an extra output (write it with ``atomic_write``)."""
@@ -245,17 +258,13 @@ class DatasetWriter:
         return [self._manifest, *(a.f for a in self._arrays.values()), *self._drop_files.values()]
 
     def checkpoint(self) -> None:
-        """Flush everything and record how far the stage got, so a crash can resume here."""
+        """Flush everything and record the state at the last ``advance``, so a crash can
+        resume there."""
         for f in self._files():
             f.flush()
             os.fsync(f.fileno())
-        sizes = {MANIFEST: self._manifest.tell()}
-        sizes.update({f"{n}.npy": a.f.tell() for n, a in self._arrays.items()})
-        sizes.update({f"{n}.jsonl": f.tell() for n, f in self._drop_files.items()})
-        write_json(self.root / PROGRESS, {
-            "identity": self._identity(), "position": self.position, "kept": self._kept,
-            "dropped": dict(self._dropped), "sizes": sizes, "seconds": self._seconds(),
-        })
+        write_json(self.root / PROGRESS, {"identity": self._identity(), **self._committed,
+                                          "seconds": self._seconds()})
         self._last_checkpoint = time.monotonic()
 
     def _seconds(self) -> float:

@@ -102,3 +102,35 @@ def test_unwritable_output_is_a_user_error(tmp_path):
     (tmp_path / "file").write_text("x")  # a parent that is a file: mkdir fails like EACCES
     with pytest.raises(UserError, match="cannot write"):
         DatasetWriter(tmp_path / "file" / "d", "test", {}, ARRAYS)
+
+
+def test_abort_mid_item_never_keeps_an_item_twice(tmp_path):
+    """Ctrl-C (or a disk error) between ``add`` and ``advance``: the checkpoint written by
+    ``abort`` records the last item boundary, so the half-written item is redone once."""
+    w = DatasetWriter(tmp_path, "test", {"a": 1}, ARRAYS)
+    w.add("k0", {"images": _img(0)})
+    w.advance()
+    w.add("k1", {"images": _img(1)})  # its source item is not yet marked consumed
+    w.drop("d1", "corrupt", file="late")  # a drop file begun after the last boundary
+    w.abort()
+    w2 = DatasetWriter(tmp_path, "test", {"a": 1}, ARRAYS)
+    assert w2.position == 1 and w2.kept == 1
+    w2.add("k1", {"images": _img(1)})
+    w2.advance()
+    w2.finish()
+    d = Dataset(tmp_path)
+    assert [r["key"] for r in d.manifest] == ["k0", "k1"] and d.images.shape[0] == 2
+    assert not (tmp_path / "late.jsonl").exists()
+
+
+def test_run_stopped_before_any_checkpoint_resumes(tmp_path):
+    """A crash before the first timed checkpoint (no abort) still leaves a resumable
+    directory, not one the next run refuses as foreign."""
+    w = DatasetWriter(tmp_path / "d", "test", {"a": 1}, ARRAYS)
+    w.add("k0", {"images": _img(0)})
+    w.advance()  # no checkpoint yet, then a hard crash
+    w2 = DatasetWriter(tmp_path / "d", "test", {"a": 1}, ARRAYS)
+    assert w2.position == 0 and w2.kept == 0
+    w2.add("k0", {"images": _img(0)})
+    w2.advance()
+    assert w2.finish()["kept"] == 1

@@ -163,3 +163,142 @@ def test_cli_extract_lsun_then_rerun_is_noop(lsun_db, tmp_path):
 def test_cli_bad_paths_are_one_line_errors(tmp_path, make, msg):
     r = run_cli("extract", "lsun", str(make(tmp_path)), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
+
+
+def test_header_sizes_match_pillow(photos):
+    """The header parsers (no decoding) agree with Pillow on every layout we meet."""
+    import io
+
+    import cv2
+    from PIL import Image
+
+    from pipeline.decode import image_size
+
+    img = photos[2][:257, :333]
+    pil = Image.fromarray(img)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the VP8X (extended) WebP layout
+    samples = {"webp-lossy": encode(img, "webp", 75), "webp-lossless": encode(img, "webp", 101),
+               "jpeg": encode(img, "jpeg", 90), "png": encode(img, "png"),
+               "jpeg-progressive": cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[
+                   1].tobytes()}
+    for fmt, kw in (("WEBP", {"exif": exif.tobytes()}), ("JPEG", {"exif": exif.tobytes()}),
+                    ("BMP", {})):
+        buf = io.BytesIO()
+        pil.save(buf, fmt, **kw)
+        samples[f"pil-{fmt}"] = buf.getvalue()
+    assert samples["pil-WEBP"][12:16] == b"VP8X"
+    for name, data in samples.items():
+        assert image_size(data) == (333, 257), name
+    assert image_size(b"\xff\xd8\xff\xe0\x00\x10JFIF") is None  # no frame header
+    assert image_size(b"RIFF\x00\x00\x00\x00WEBPVP8 ") is None
+
+
+def _dataset_contents(path: Path) -> tuple:
+    d = Dataset(path)
+    stats = {k: d.stats[k] for k in ("read", "kept", "dropped")}
+    return d.manifest, d.drops(), stats, d.images.copy(), d.array("thumbs").copy()
+
+
+def _same_dataset(a: Path, b: Path) -> None:
+    ca, cb = _dataset_contents(a), _dataset_contents(b)
+    assert ca[:3] == cb[:3]
+    assert np.array_equal(ca[3], cb[3]) and np.array_equal(ca[4], cb[4])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_interrupted_extract_resumes_to_identical_result(lsun_db, tmp_path, monkeypatch,
+                                                         workers):
+    """Ctrl-C mid-run, in the middle of writing a chunk (KeyboardInterrupt from the 10th
+    ``add``), then a rerun with another chunk size: every record exactly once, the same
+    bytes as an uninterrupted run."""
+    from pipeline.dataset import DatasetWriter
+
+    src = LsunSource([lsun_db])
+    extract(src, tmp_path / "clean", ExtractConfig(workers=1), progress=False)
+    calls = []
+    real = DatasetWriter.add
+
+    def interrupt_on_tenth(self, *args, **kw):
+        calls.append(1)
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(DatasetWriter, "add", interrupt_on_tenth)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        extract(src, out, ExtractConfig(workers=workers, chunk=4), progress=False)
+    assert not (out / "COMPLETE").exists()
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["position"] % 4 == 0 and 0 < progress["kept"] < 10
+    monkeypatch.setattr(DatasetWriter, "add", real)
+    stats = extract(src, out, ExtractConfig(workers=workers, chunk=5), progress=False)
+    assert stats["read"] == 30 and stats["kept"] == 25
+    _same_dataset(out, tmp_path / "clean")
+
+
+def test_cli_disk_full_is_one_line_and_resumes(lsun_db, tmp_path):
+    """A write that fails (file size limit: EFBIG, as a full disk gives ENOSPC) mid-run is a
+    one-line error; the rerun resumes and equals a clean run."""
+    import resource
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    out = tmp_path / "ds"
+    args = [sys.executable, str(ROOT / "cli.py"), "extract", "lsun", str(lsun_db), "--out",
+            str(out), "--workers", "2", "--quiet"]
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       preexec_fn=limit_file_size)
+    assert r.returncode == 1, r.stderr
+    assert "File too large" in r.stderr and "Traceback" not in r.stderr
+    assert len(_own_lines(r.stderr)) == 1
+    assert not (out / "COMPLETE").exists() and (out / "progress.json").exists()
+    r = run_cli("extract", "lsun", str(lsun_db), "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("extract", "lsun", str(lsun_db), "--out", str(tmp_path / "clean"), "--quiet")
+    _same_dataset(out, tmp_path / "clean")
+
+
+def _own_lines(stderr: str) -> list[str]:
+    """stderr without libjpeg's warnings about the corrupt records (printed by the C library)."""
+    return [ln for ln in stderr.strip().splitlines()
+            if not ln.startswith(("Corrupt JPEG data", "Premature end of JPEG"))]
+
+
+def _garbage_mdb(p: Path) -> Path:
+    (p / "fake_lmdb").mkdir()
+    (p / "fake_lmdb" / "data.mdb").write_bytes(b"not an lmdb file" * 500)
+    return p / "fake_lmdb"
+
+
+def _file(p: Path) -> Path:
+    (p / "plain.mdb").write_bytes(b"x")
+    return p / "plain.mdb"
+
+
+@pytest.mark.parametrize("make,msg", [
+    (_garbage_mdb, "not a readable LMDB"),
+    (_file, "not an LMDB"),
+    (lambda p: write_lmdb(p / "empty_lmdb", []), "is empty"),
+])
+def test_cli_bad_databases_are_one_line_errors(tmp_path, make, msg):
+    r = run_cli("extract", "lsun", str(make(tmp_path)), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2, r.stderr
+    assert msg in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_unusable_outputs_are_one_line_errors(lsun_db, tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    for out, msg in ((tmp_path / "file", "not a directory"),
+                     (tmp_path / "file" / "sub", "cannot write"),
+                     (tmp_path / "mine", "not empty and is not a dataset directory")):
+        r = run_cli("extract", "lsun", str(lsun_db), "--out", str(out), "--limit", "3")
+        assert r.returncode == 2 and msg in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
