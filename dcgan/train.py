@@ -380,6 +380,7 @@ def _train(data, out: Path, config: TrainConfig, resume: bool, progress: bool,
                     break
         if trainer.acc_steps:
             check(trainer.read_metrics(reset=False), last["step"])
+        in_sync = _same_weights(trainer, dist, device)
         ckpt = save()
         gen = None
         if dist.main and trainer.step > 0:
@@ -396,7 +397,24 @@ def _train(data, out: Path, config: TrainConfig, resume: bool, progress: bool,
             "img_per_s": round(done * config.batch_size / max(seconds, 1e-9), 1),
             "speed": trainer.speed, "device": str(device), "world_size": dist.world_size,
             "metrics": metrics, "checkpoint": str(ckpt) if ckpt else None,
-            "generator": str(gen) if gen else None, "run": str(out)}
+            "generator": str(gen) if gen else None, "run": str(out), "rank": dist.rank,
+            "in_sync": in_sync}
+
+
+def _same_weights(trainer: Trainer, dist: ddp.Dist, device: torch.device) -> bool:
+    """Whether every process ends with the same weights (DDP's promise, checked once)."""
+    if not dist.enabled:
+        return True
+    with torch.no_grad():
+        total = torch.stack([p.double().sum() for net in (trainer.G, trainer.D)
+                             for p in net.parameters()]).sum().reshape(1).to(device)
+    lo, hi = total.clone(), total.clone()
+    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+    if lo.item() != hi.item():
+        log.error("the processes ended with different weights (%r vs %r)", lo.item(), hi.item())
+        return False
+    return True
 
 
 def steps_for_epochs(data: str | Path, config: TrainConfig, epochs: float,

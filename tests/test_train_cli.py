@@ -1,0 +1,160 @@
+"""``python cli.py train`` as a user runs it: Ctrl-C, bad input, image folders, torchrun/DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dcgan.checkpoint import list_checkpoints, load_checkpoint
+from pipeline.dataset import DatasetWriter
+from pipeline.extract import ExtractConfig, extract
+from pipeline.samples import encode, random_view
+from pipeline.sources import FolderSource
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--resolution", "32", "--nz", "16", "--ngf", "8", "--ndf", "8", "--batch-size", "16",
+        "--device", "cpu", "--log-every", "1", "--sample-every", "50", "-q"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+@pytest.fixture(scope="module")
+def jpeg_folder(tmp_path_factory, photos):
+    root = tmp_path_factory.mktemp("jpegs") / "photos"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(40):
+        (root / f"{i:03d}.jpg").write_bytes(
+            encode(random_view(photos[i % len(photos)], rng, short_side=72), "jpeg", 90))
+    return root
+
+
+@pytest.fixture(scope="module")
+def data32(jpeg_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "photos32"
+    extract(FolderSource(jpeg_folder), out, ExtractConfig(resolution=32, workers=1),
+            progress=False)
+    return out
+
+
+def test_ctrl_c_saves_and_resume_continues(data32, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "train", str(data32),
+                             "--out", str(run), "--steps", "100000", *TINY],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env())
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            metrics = run / "metrics.jsonl"
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Interrupted at step" in err and "Traceback" not in err
+    step = int(err.split("Interrupted at step ")[1].split(":")[0])
+    assert step >= 2
+    ckpt = load_checkpoint(list_checkpoints(run)[0])
+    assert ckpt["step"] == step
+    assert (run / "generator.pt").is_file()
+    r = run_cli("train", data32, "--out", run, "--resume", "--steps", step + 2, "-q",
+                "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(list_checkpoints(run)[0])["step"] == step + 2
+
+
+def test_image_folder_is_extracted_and_cached(jpeg_folder, tmp_path):
+    args = ["train", jpeg_folder, "--steps", "2", *TINY[:-1]]
+    r = run_cli(*args, "--out", tmp_path / "a")
+    assert r.returncode == 0, r.stderr
+    assert "Trained 2 steps to step 2" in r.stdout and "cpu x1, eager" in r.stdout
+    assert "extract" in r.stderr  # extracted into the cache the first time
+    r = run_cli(*args, "--out", tmp_path / "b", "--epochs", "0.8")  # 40 images: 2 steps
+    assert r.returncode == 2 and "--steps or --epochs" in r.stderr
+    r = run_cli("train", jpeg_folder, "--epochs", "0.8", *TINY[:-1], "--out", tmp_path / "b")
+    assert r.returncode == 0, r.stderr
+    assert "to step 2" in r.stdout and "already finished" in r.stderr  # cache reused
+
+
+def _dataset(path: Path, shape: tuple[int, ...], n: int) -> Path:
+    w = DatasetWriter(path, "test", {"n": n}, {"images": shape})
+    for i in range(n):
+        w.add(str(i), {"images": np.zeros(shape, np.uint8)})
+    w.finish()
+    return path
+
+
+@pytest.mark.parametrize("case,message", [
+    ("empty", "is empty"),
+    ("res", "holds 64x64 images but the training resolution is 32x32"),
+    ("grey", "not H x W x 3"),
+    ("missing", "does not exist"),
+    ("no-checkpoint", "holds no checkpoint"),
+    ("bad-resolution", "resolution must be 32, 64 or 128"),
+])
+def test_bad_input_is_one_line_error(tmp_path, case, message):
+    data = {"empty": lambda: _dataset(tmp_path / "d", (32, 32, 3), 0),
+            "res": lambda: _dataset(tmp_path / "d", (64, 64, 3), 2),
+            "grey": lambda: _dataset(tmp_path / "d", (32, 32, 1), 2),
+            }.get(case, lambda: tmp_path / "nowhere")()
+    extra = {"no-checkpoint": ["--resume"], "bad-resolution": ["--resolution", "48"]}
+    args = [*TINY, *extra.get(case, [])]
+    if case == "bad-resolution":
+        args = args[2:]
+    r = run_cli("train", data, "--out", tmp_path / "run", "--steps", "2", *args)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_resume_with_another_config_names_the_difference(data32, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", data32, "--out", run, "--steps", "2", *TINY).returncode == 0
+    r = run_cli("train", data32, "--out", run, "--steps", "4", "--resume", "--lr", "0.001",
+                "--ngf", "16", "-q")
+    assert r.returncode == 2
+    assert "ngf: 8 -> 16" in r.stderr and "lr: 0.0002 -> 0.001" in r.stderr
+    r = run_cli("train", data32, "--out", run, "--steps", "4", "--dry-run", "--resume")
+    assert r.returncode == 0 and '"ngf": 8' in r.stdout  # resume takes the run's config
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine "
+                    "without CUDA")
+def test_device_cuda_without_gpu(data32, tmp_path):
+    r = run_cli("train", data32, "--out", tmp_path / "run", *TINY, "--device", "cuda")
+    assert r.returncode == 2 and "no CUDA GPU is available" in r.stderr
+
+
+def test_ddp_two_processes_gloo(data32, tmp_path):
+    """torchrun --nproc-per-node 2 on the CPU (gloo): one run, both processes in step."""
+    run = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-port", str(29500 + os.getpid() % 1000), str(ROOT / "cli.py"), "train",
+         str(data32), "--out", str(run), "--steps", "4", "--checkpoint-every", "2",
+         *TINY[:-1]], capture_output=True, text=True, timeout=180, env=_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("Trained 4 steps") == 1  # process 0 reports
+    assert "cpu x2" in r.stdout and "OUT OF SYNC" not in r.stdout
+    ckpt = load_checkpoint(list_checkpoints(run)[0])
+    assert ckpt["step"] == 4 and ckpt["world_size"] == 2
+    lines = [json.loads(x) for x in open(run / "metrics.jsonl")]
+    assert [m["step"] for m in lines] == [1, 2, 3, 4]
