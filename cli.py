@@ -188,13 +188,15 @@ def train_cmd(
         typer.secho(f"Interrupted at step {result['step']}: saved {result['checkpoint']}. "
                     f"Continue with: --resume --out {out}", err=True)
         sys.exit(130)
-    if not quiet:
+    if not quiet and result["rank"] == 0:
         m = result["metrics"]
         losses = (f" loss_d {m['loss_d']:.3f}, loss_g {m['loss_g']:.3f}, D(x) {m['d_real']:.2f}"
                   f", D(G(z)) {m['d_fake']:.2f}." if m else "")
         typer.echo(f"Trained {result['steps_run']} steps to step {result['step']} in "
                    f"{result['seconds']:.1f}s ({result['img_per_s']:.0f} img/s, "
-                   f"{result['device']}, {result['speed']}).{losses} Wrote {out}")
+                   f"{result['device']} x{result['world_size']}, {result['speed']}"
+                   f"{'' if result['in_sync'] else ', PROCESSES OUT OF SYNC'}).{losses} "
+                   f"Wrote {out}")
 
 
 def main() -> None:
