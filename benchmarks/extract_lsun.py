@@ -83,7 +83,7 @@ def _floor_task(task: tuple[str, bytes, int]) -> int:
     return pixels
 
 
-def time_floor(db: Path, keys: list[bytes], workers: int, chunk: int = 256) -> float:
+def time_floor(db: Path, keys: list[bytes], workers: int, chunk: int = 64) -> float:
     tasks = [(str(db), keys[i], min(chunk, len(keys) - i)) for i in range(0, len(keys), chunk)]
     t = time.perf_counter()
     if workers <= 1:
