@@ -15,6 +15,7 @@ import pytest
 
 from dcgan.checkpoint import list_checkpoints, load_checkpoint
 from pipeline.dataset import DatasetWriter
+from pipeline.errors import UserError
 from pipeline.extract import ExtractConfig, extract
 from pipeline.samples import encode, random_view
 from pipeline.sources import FolderSource
@@ -29,8 +30,23 @@ def _env() -> dict[str, str]:
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The real entry point in a new process (exit codes, signals, stderr)."""
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+def invoke(*args: str):
+    """The typer app in this process (fast): the result, with a UserError as its exception."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    return CliRunner().invoke(app, list(map(str, args)))
+
+
+def user_error(result) -> str:
+    assert isinstance(result.exception, UserError), result.output
+    return str(result.exception)
 
 
 @pytest.fixture(scope="module")
@@ -84,15 +100,16 @@ def test_ctrl_c_saves_and_resume_continues(data32, tmp_path):
 
 def test_image_folder_is_extracted_and_cached(jpeg_folder, tmp_path):
     args = ["train", jpeg_folder, "--steps", "2", *TINY[:-1]]
-    r = run_cli(*args, "--out", tmp_path / "a")
-    assert r.returncode == 0, r.stderr
-    assert "Trained 2 steps to step 2" in r.stdout and "cpu x1, eager" in r.stdout
-    assert "extract" in r.stderr  # extracted into the cache the first time
-    r = run_cli(*args, "--out", tmp_path / "b", "--epochs", "0.8")  # 40 images: 2 steps
-    assert r.returncode == 2 and "--steps or --epochs" in r.stderr
-    r = run_cli("train", jpeg_folder, "--epochs", "0.8", *TINY[:-1], "--out", tmp_path / "b")
-    assert r.returncode == 0, r.stderr
-    assert "to step 2" in r.stdout and "already finished" in r.stderr  # cache reused
+    r = invoke(*args, "--out", tmp_path / "a")
+    assert r.exit_code == 0, r.output
+    assert "Trained 2 steps to step 2" in r.output and "cpu x1, eager" in r.output
+    assert "extracting" in r.output  # extracted into the cache the first time
+    assert "--steps or --epochs" in user_error(invoke(*args, "--out", tmp_path / "b",
+                                                      "--epochs", "1"))
+    r = invoke("train", jpeg_folder, "--epochs", "0.8", *TINY[:-1], "--out", tmp_path / "b")
+    assert r.exit_code == 0, r.output
+    assert "to step 2" in r.output  # 40 images, 16 a step: 0.8 epochs = 2 steps
+    assert "already finished" in r.output  # the cached extraction is reused
 
 
 def _dataset(path: Path, shape: tuple[int, ...], n: int) -> Path:
@@ -120,20 +137,18 @@ def test_bad_input_is_one_line_error(tmp_path, case, message):
     args = [*TINY, *extra.get(case, [])]
     if case == "bad-resolution":
         args = args[2:]
-    r = run_cli("train", data, "--out", tmp_path / "run", "--steps", "2", *args)
-    assert r.returncode == 2, r.stderr
-    assert message in r.stderr and "Traceback" not in r.stderr
+    r = invoke("train", data, "--out", tmp_path / "run", "--steps", "2", *args)
+    assert message in user_error(r)
 
 
 def test_resume_with_another_config_names_the_difference(data32, tmp_path):
     run = tmp_path / "run"
-    assert run_cli("train", data32, "--out", run, "--steps", "2", *TINY).returncode == 0
-    r = run_cli("train", data32, "--out", run, "--steps", "4", "--resume", "--lr", "0.001",
-                "--ngf", "16", "-q")
-    assert r.returncode == 2
-    assert "ngf: 8 -> 16" in r.stderr and "lr: 0.0002 -> 0.001" in r.stderr
-    r = run_cli("train", data32, "--out", run, "--steps", "4", "--dry-run", "--resume")
-    assert r.returncode == 0 and '"ngf": 8' in r.stdout  # resume takes the run's config
+    assert invoke("train", data32, "--out", run, "--steps", "2", *TINY).exit_code == 0
+    r = invoke("train", data32, "--out", run, "--steps", "4", "--resume", "--lr", "0.001",
+               "--ngf", "16", "-q")
+    assert "ngf: 8 -> 16" in user_error(r) and "lr: 0.0002 -> 0.001" in user_error(r)
+    r = invoke("train", data32, "--out", run, "--steps", "4", "--dry-run", "--resume")
+    assert r.exit_code == 0 and '"ngf": 8' in r.output  # resume takes the run's config
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine "
@@ -141,6 +156,7 @@ def test_resume_with_another_config_names_the_difference(data32, tmp_path):
 def test_device_cuda_without_gpu(data32, tmp_path):
     r = run_cli("train", data32, "--out", tmp_path / "run", *TINY, "--device", "cuda")
     assert r.returncode == 2 and "no CUDA GPU is available" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1  # one line, no traceback
 
 
 def test_ddp_two_processes_gloo(data32, tmp_path):
