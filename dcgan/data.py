@@ -132,7 +132,9 @@ class DataOrder:
         return step * self.batch / self.n
 
 
-def _fits(nbytes: int, device: torch.device) -> bool:
+def fits(nbytes: int, device: torch.device) -> bool:
+    """Whether ``nbytes`` of images may stay resident on ``device`` (half the free GPU
+    memory, a quarter of the RAM)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return nbytes < 0.5 * free
@@ -149,7 +151,7 @@ class Feed:
     def __init__(self, images: np.ndarray, order: DataOrder, device: torch.device,
                  resident: bool | None = None, depth: int = 3):
         self.order, self.device = order, device
-        self.resident = _fits(images.nbytes, device) if resident is None else resident
+        self.resident = fits(images.nbytes, device) if resident is None else resident
         if self.resident:
             self.images = torch.from_numpy(np.array(images)).to(device)  # a copy: RAM or GPU
         else:

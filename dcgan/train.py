@@ -35,7 +35,7 @@ from dcgan.checkpoint import (
     sample_z,
     save_checkpoint,
 )
-from dcgan.data import DataOrder, Feed, mix_seed, open_images, to_input
+from dcgan.data import DataOrder, Feed, fits, mix_seed, open_images, to_input
 from dcgan.models import build_models
 from dcgan.run import RunDir
 from pipeline.errors import UserError
@@ -91,8 +91,11 @@ class Trainer:
             self.g_run, self.d_run = torch.compile(self.G), torch.compile(self.D)
 
         self.n_images = len(images)
+        if resident is None:
+            resident = fits(images.nbytes, device)
+        # The order lives where the gather happens: on the device, or on the host to stream.
         self.order = DataOrder(len(images), config.batch_size, config.seed, dist.rank,
-                               dist.world_size, device)
+                               dist.world_size, device if resident else "cpu")
         self.feed = Feed(images, self.order, device, resident)
         b = self.order.local
         self.real = torch.empty((b, *images.shape[1:]), dtype=torch.uint8, device=device)
