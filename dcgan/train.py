@@ -185,9 +185,9 @@ class Trainer:
             with torch.cuda.graph(graph):
                 self._compute()
         except Exception as e:
-            log.warning("CUDA graph capture failed (%s): continuing eagerly",
+            log.warning("CUDA graph capture failed (%s): continuing without a graph",
                         str(e).splitlines()[0][:200] if str(e) else e)
-            self.speed = "eager"
+            self.speed = "eager" if self.g_run is self.G else "compile-nograph"
             return
         self.graph = graph
 

@@ -19,7 +19,7 @@ from dcgan.checkpoint import (
 )
 from dcgan.data import DataOrder, Feed
 from dcgan.models import build_models
-from dcgan.train import TrainingDiverged, resolve_config, train
+from dcgan.train import Trainer, TrainingDiverged, resolve_config, train
 from pipeline.dataset import Dataset
 from pipeline.errors import UserError
 from pipeline.extract import ExtractConfig, extract
@@ -215,3 +215,17 @@ def test_streamed_feed_matches_resident(data32):
             assert a.shape == (16, 32, 32, 3) and torch.equal(a, b), s
     finally:
         streamed.close()
+
+
+def test_training_on_a_streamed_feed_equals_resident(data32):
+    """Data too large for the device streams from the memory map: same steps, same weights."""
+    images = Dataset(data32).images
+    config = TrainConfig(**TINY, steps=3)
+    weights = []
+    for resident in (True, False):
+        t = Trainer(config, images, torch.device("cpu"), resident=resident)
+        for _ in range(3):
+            t.train_step()
+        t.close()
+        weights.append(t.G.state_dict())
+    assert _equal_state(*weights)
