@@ -76,11 +76,13 @@ def prepare_chunk(task: tuple[int, int]) -> Chunk:
 
 
 def shard_tasks(n: int, chunk: int, rank: int, world_size: int) -> list[tuple[int, int]]:
-    """Index ranges of ``chunk`` records; shard ``rank`` takes every ``world_size``-th."""
+    """Index ranges of ``chunk`` records covering shard ``rank``: the ``rank``-th of
+    ``world_size`` contiguous blocks (which records a shard holds never depends on
+    ``chunk``, a speed setting that may differ between runs)."""
     if not 0 <= rank < world_size:
         raise UserError(f"rank {rank} is outside 0..{world_size - 1}")
-    ranges = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
-    return ranges[rank::world_size]
+    lo, hi = rank * n // world_size, (rank + 1) * n // world_size
+    return [(s, min(s + chunk, hi)) for s in range(lo, hi, chunk)]
 
 
 def remaining_tasks(tasks: list[tuple[int, int]], position: int) -> list[tuple[int, int]]:
