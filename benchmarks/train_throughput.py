@@ -13,7 +13,8 @@ JPEG q90, as an LSUN-like image folder):
   ``compile`` adds torch.compile), losses read every 50 steps as the training loop does.
 
 img/s counts timed steps only, after warm-up (capture/compile time shown apart), end to end:
-data feeding included. Losses are the means over the timed steps, to compare behaviour.
+data feeding included. Losses are means over the same steps (the first timed ones, as many as
+the reference times) with the same seed, to compare the loops' behaviour.
 Usage: ``python benchmarks/train_throughput.py [--batches 128 1024] [--modes eager graph]``.
 """
 
@@ -29,6 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+WARM = 5  # untimed steps before timing starts (loader start-up, cuDNN autotuning, capture)
 
 
 def _write_one(args: tuple[int, str]) -> None:
@@ -62,7 +65,7 @@ def reference(folder: Path, batch: int, steps: int, workers: int, device) -> dic
     """pytorch/examples dcgan/main.py's loop (logit D, BCEWithLogitsLoss), timed."""
     import torch
     import torchvision.transforms as T
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, RandomSampler
     from torchvision.datasets import ImageFolder
 
     from dcgan.checkpoint import TrainConfig
@@ -71,22 +74,19 @@ def reference(folder: Path, batch: int, steps: int, workers: int, device) -> dic
     torch.manual_seed(0)
     ds = ImageFolder(str(folder), transform=T.Compose([
         T.Resize(64), T.CenterCrop(64), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)]))
-    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
-                        drop_last=True, persistent_workers=workers > 0,
-                        pin_memory=device.type == "cuda")
+    # One long shuffled pass, as over LSUN's millions of images: a small folder's short
+    # epochs would otherwise idle most workers at every epoch boundary.
+    sampler = RandomSampler(ds, num_samples=(WARM + steps) * batch)
+    loader = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
+                        drop_last=True, pin_memory=device.type == "cuda")
     g, d = build_models(TrainConfig())
     g, d = g.to(device), d.to(device)
     opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
     crit = torch.nn.BCEWithLogitsLoss()
-    losses, done, warm, t0 = [], 0, 3, None
-
-    def batches():
-        while True:
-            yield from loader
-
-    for real, _ in batches():
-        if done == warm:
+    losses, done, t0 = [], 0, None
+    for real, _ in loader:
+        if done == WARM:
             _sync(device)
             t0 = time.perf_counter()
         real = real.to(device)
@@ -104,17 +104,19 @@ def reference(folder: Path, batch: int, steps: int, workers: int, device) -> dic
         err_g.backward()
         opt_g.step()
         loss = [(err_real + err_fake).item(), err_g.item()]  # the example prints every step
-        if done >= warm:
+        if done >= WARM:
             losses.append(loss)
         done += 1
-        if done == warm + steps:
+        if done == WARM + steps:
             break
     _sync(device)
     seconds = time.perf_counter() - t0
     return _row("reference", batch, steps, seconds, 0.0, losses)
 
 
-def ours(images, batch: int, steps: int, mode: str, device) -> dict:
+def ours(images, batch: int, steps: int, mode: str, device, compare: int) -> dict:
+    """Our trainer's steps; the losses are the means over the first ``compare`` timed steps
+    (the reference's window), read once there."""
     import torch
 
     from dcgan.checkpoint import TrainConfig
@@ -123,7 +125,7 @@ def ours(images, batch: int, steps: int, mode: str, device) -> dict:
     config = TrainConfig(batch_size=batch, speed=mode, device=device.type)
     t_setup = time.perf_counter()
     trainer = Trainer(config, images, device)
-    for _ in range(5):  # warm-up: cuDNN autotuning, compile, graph capture
+    for _ in range(WARM):  # warm-up: cuDNN autotuning, compile, graph capture
         trainer.train_step()
     trainer.read_metrics()
     _sync(device)
@@ -132,9 +134,11 @@ def ours(images, batch: int, steps: int, mode: str, device) -> dict:
     t0 = time.perf_counter()
     for i in range(1, steps + 1):
         trainer.train_step()
-        if i % 50 == 0 or i == steps:
+        if i == compare:
             m = trainer.read_metrics()
             losses.append([m["loss_d"], m["loss_g"]])
+        elif i % 50 == 0:  # as the training loop reads them
+            trainer.read_metrics()
     _sync(device)
     seconds = time.perf_counter() - t0
     row = _row(f"ours ({trainer.speed})", batch, steps, seconds, setup, losses)
@@ -212,7 +216,7 @@ def main() -> None:
             _print(base, base["img_per_s"])
         for mode in args.modes:
             try:
-                row = ours(images, batch, steps, mode, device)
+                row = ours(images, batch, steps, mode, device, min(ref_steps, steps))
             except Exception as e:  # one mode failing must not hide the others' numbers
                 print(f"  ours ({mode}) at batch {batch} failed: {type(e).__name__}: {e}",
                       flush=True)
