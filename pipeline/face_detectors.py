@@ -1,0 +1,168 @@
+"""OpenCV face detectors behind one small interface: RGB photo in, boxes and scores out.
+
+``HaarDetector`` (the default) uses the frontal-face cascade that ships with OpenCV 4.x
+(``cv2.data.haarcascades``), as the paper's face set did; ``YuNetDetector`` runs OpenCV's
+DNN face detector from a user-supplied ONNX file (``cv2.FaceDetectorYN``). Nothing is
+downloaded. Detectors are described by a picklable ``DetectorSpec`` and built with
+``build_detector`` once per worker process, never in default arguments.
+
+Both detect on a downscaled copy when the photo is larger than the smallest face wanted
+needs, and map boxes back to source pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+DETECTORS = ("haar", "yunet")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A face box in source-image pixels, with the detector's confidence."""
+
+    box: tuple[int, int, int, int]  # x, y, w, h
+    score: float  # Haar: the last cascade stage's weight (levelWeights); YuNet: probability
+
+
+class FaceDetector(Protocol):
+    def detect(self, rgb: np.ndarray) -> list[Detection]: ...
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """Which detector to build in each worker, and how to run it (picklable)."""
+
+    kind: str = "haar"  # 'haar' or 'yunet'
+    model: str | None = None  # yunet: path of the ONNX file (face_detection_yunet_*.onnx)
+    cascade: str = "haarcascade_frontalface_alt2.xml"  # haar: file in cv2.data.haarcascades
+    scale_factor: float = 1.2  # haar: image pyramid step
+    min_neighbors: int = 4  # haar: overlapping raw hits a face needs
+    detect_face: int = 36  # smallest face, in detection-copy pixels (copy scaled to fit)
+    min_face: int = 40  # smallest face looked for, in source pixels (the stage: min_size/2)
+    max_side: int = 0  # cap on the detection copy's longer side (0: none)
+    score_threshold: float = 0.5  # yunet: candidates below are not reported at all
+
+    def check(self) -> None:
+        """Raise ``UserError`` for a spec that cannot be built (before any work starts)."""
+        if self.kind not in DETECTORS:
+            raise UserError(f"unknown detector {self.kind!r}; choose one of {DETECTORS}")
+        if self.kind == "yunet":
+            if not self.model:
+                raise UserError("--detector yunet needs --model face_detection_yunet.onnx "
+                                "(nothing is downloaded)")
+            if not Path(self.model).is_file():
+                raise UserError(f"model file {self.model} does not exist")
+        if self.kind == "haar":
+            import cv2
+
+            if not (Path(cv2.data.haarcascades) / self.cascade).is_file() and \
+                    not Path(self.cascade).is_file():
+                raise UserError(f"Haar cascade {self.cascade} not found")
+        build_detector(self)  # a file that is not a model fails here, with one line
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two [x, y, w, h] boxes."""
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def build_detector(spec: DetectorSpec) -> FaceDetector:
+    """The detector ``spec`` describes (call once per process)."""
+    if spec.kind == "yunet":
+        return YuNetDetector(spec)
+    return HaarDetector(spec)
+
+
+def detection_scale(shape: tuple[int, ...], spec: DetectorSpec) -> float:
+    """Factor (<= 1) for the detection copy: faces of ``min_face`` px stay ``detect_face``."""
+    s = min(1.0, spec.detect_face / spec.min_face)
+    if spec.max_side:
+        s = min(s, spec.max_side / max(shape[:2]))
+    return s
+
+
+def _downscale(img: np.ndarray, s: float) -> np.ndarray:
+    import cv2
+
+    if s >= 1.0:
+        return img
+    h, w = img.shape[:2]
+    return cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))),
+                      interpolation=cv2.INTER_AREA)
+
+
+def _to_source(x: float, y: float, w: float, h: float, s: float,
+               shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """A box on the detection copy, in source pixels, clipped to the image."""
+    H, W = shape[:2]
+    x0, y0 = max(0, round(x / s)), max(0, round(y / s))
+    x1, y1 = min(W, round((x + w) / s)), min(H, round((y + h) / s))
+    return x0, y0, max(0, x1 - x0), max(0, y1 - y0)
+
+
+class HaarDetector:
+    """OpenCV's Viola-Jones cascade on a grey, histogram-equalised, downscaled copy."""
+
+    def __init__(self, spec: DetectorSpec):
+        import cv2
+
+        path = Path(spec.cascade)
+        if not path.is_file():
+            path = Path(cv2.data.haarcascades) / spec.cascade
+        self.cascade = cv2.CascadeClassifier(str(path))
+        if self.cascade.empty():
+            raise UserError(f"cannot load Haar cascade {path}")
+        self.spec = spec
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        import cv2
+
+        spec = self.spec
+        s = detection_scale(rgb.shape, spec)
+        grey = cv2.cvtColor(_downscale(rgb, s), cv2.COLOR_RGB2GRAY)
+        grey = cv2.equalizeHist(grey)
+        side = max(1, round(spec.min_face * s))
+        boxes, _, weights = self.cascade.detectMultiScale3(
+            grey, scaleFactor=spec.scale_factor, minNeighbors=spec.min_neighbors,
+            minSize=(side, side), outputRejectLevels=True)
+        return [Detection(_to_source(*b, s, rgb.shape), round(float(w), 3))
+                for b, w in zip(np.asarray(boxes).reshape(-1, 4),
+                                np.asarray(weights).reshape(-1))]
+
+
+class YuNetDetector:
+    """OpenCV's YuNet CNN (``cv2.FaceDetectorYN``) from a user-supplied ONNX file."""
+
+    def __init__(self, spec: DetectorSpec):
+        import cv2
+
+        try:
+            self.net = cv2.FaceDetectorYN.create(str(spec.model), "", (320, 320),
+                                                 spec.score_threshold, 0.3, 5000)
+        except cv2.error as e:
+            raise UserError(f"cannot load YuNet model {spec.model}: not a YuNet ONNX file "
+                            f"({str(e).strip().splitlines()[-1][:120]})") from e
+        self.spec = spec
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+
+        s = detection_scale(rgb.shape, self.spec)
+        small = _downscale(rgb, s)
+        self.net.setInputSize((small.shape[1], small.shape[0]))
+        _, faces = self.net.detect(np.ascontiguousarray(small[..., ::-1]))  # BGR in
+        if faces is None:
+            return []
+        return [Detection(_to_source(*f[:4], s, rgb.shape), round(float(f[-1]), 3))
+                for f in faces]

@@ -1,0 +1,321 @@
+"""The face stage: any pile of photos to a dataset directory of square face crops.
+
+As the paper's face set (section 4.2: OpenCV face detection on web photos, keeping the
+sufficiently high-resolution faces): every photo is decoded once, faces are detected (on a
+downscaled copy when the photo is larger than needed), overlapping detections are suppressed
+and each face is kept as a square crop with a margin when its box is at least ``min_size``
+source pixels. Every detection that is not kept goes to ``rejected.jsonl`` with its box and a
+reason (``too_small``, ``low_score``, ``overlap``); unreadable photos go there as ``corrupt``
+(``too_large`` for decompression bombs). Contact sheets of kept and rejected faces are
+written next to the dataset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.dataset import Dataset, DatasetWriter, is_dataset
+from pipeline.decode import MAX_PIXELS, THUMB, DecodeError, decode, resize
+from pipeline.errors import UserError
+from pipeline.extract import shard_tasks
+from pipeline.face_detectors import (
+    Detection,
+    DetectorSpec,
+    FaceDetector,
+    build_detector,
+    iou,
+)
+from pipeline.runner import default_workers, run_ordered, worker_state
+from pipeline.sources import FolderSource, Source
+
+log = logging.getLogger(__name__)
+
+BORDERS = ("pad", "clamp")
+
+
+@dataclass(frozen=True)
+class FacesConfig:
+    detector: DetectorSpec = field(default_factory=DetectorSpec)  # which one (min_face: set)
+    min_size: int = 64  # smallest face box side kept, in source pixels
+    resolution: int = 64  # side of the stored square crops
+    # 0.25 of the box side added on each side (a 1.5x square): Haar/YuNet boxes span brows
+    # to chin, so this frames hair, chin and a little background, like aligned CelebA crops.
+    margin: float = 0.25
+    border: str = "pad"  # crops past the photo edge: 'pad' (mirror) or 'clamp' (slide inside)
+    nms_iou: float = 0.3  # a detection overlapping a better one by more is dropped
+    min_score: float = 0.0  # detections scoring lower are dropped (YuNet: try 0.9)
+    max_pixels: int = MAX_PIXELS  # larger photos are refused unread (decompression bombs)
+    sheet: int = 64  # faces on each contact sheet (kept.png, rejected.png); 0 = none
+    workers: int = 0  # detection processes; 0 = one per core
+    chunk: int = 8  # photos per task handed to a worker
+    rank: int = 0  # this shard's index when the source is split over machines
+    world_size: int = 1  # number of shards (each writes its own dataset directory)
+    overwrite: bool = False  # replace a different finished dataset in the output
+
+    def check(self) -> None:
+        """Raise ``UserError`` for settings that cannot work, before any photo is read."""
+        if self.resolution < 8:
+            raise UserError(f"resolution must be at least 8 (got {self.resolution})")
+        if self.min_size < 1:
+            raise UserError(f"min-size must be positive (got {self.min_size})")
+        if self.border not in BORDERS:
+            raise UserError(f"border must be one of {BORDERS} (got {self.border!r})")
+        if not 0 <= self.margin <= 2:
+            raise UserError(f"margin must be between 0 and 2 (got {self.margin})")
+        self.detector_spec().check()
+
+    def detector_spec(self) -> DetectorSpec:
+        """The detector, looking for faces down to half ``min_size``: smaller ones are
+        recorded as ``too_small`` and larger photos are searched on a downscaled copy."""
+        return replace(self.detector, min_face=max(20, self.min_size // 2))
+
+    def identity(self, source: Source) -> dict[str, Any]:
+        """What determines the output (not how fast it is made)."""
+        d = {**asdict(self), "detector": asdict(self.detector_spec())}
+        for k in ("workers", "chunk", "overwrite", "sheet"):
+            d.pop(k)
+        return {"source": source.describe(), **d}
+
+
+class DatasetImages:
+    """A finished dataset directory's ``images.npy`` rows as a source of pixels."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._dataset: Dataset | None = None
+        self.keys = [str(r.get("key", r.get("id"))) for r in Dataset(self.root).manifest]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_dataset": None}  # each worker maps the array itself
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def read_range(self, start: int, stop: int):
+        if self._dataset is None:
+            self._dataset = Dataset(self.root)
+        images = self._dataset.images
+        for i in range(start, min(stop, len(self.keys))):
+            yield self.keys[i], np.array(images[i])
+
+    def describe(self) -> dict:
+        return {"kind": "dataset", "path": str(self.root.resolve()), "count": len(self)}
+
+
+def open_source(path: str | Path, limit: int | None = None) -> Source:
+    """A folder of photos, an LMDB (LSUN-style) or a dataset directory, by what is there."""
+    from pipeline.lsun import LsunSource
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    if is_dataset(path):
+        return DatasetImages(path)
+    if path.is_dir() and (path / "data.mdb").is_file():
+        return LsunSource([path], limit=limit)
+    source = FolderSource(path, limit=limit)
+    if len(source) == 0:
+        raise UserError(f"no images (JPEG, PNG, WebP, BMP, TIFF) under {path}")
+    return source
+
+
+# -- the per-photo logic ---------------------------------------------------------------------
+def square_box(box: tuple[int, int, int, int], margin: float, shape: tuple[int, ...],
+               border: str) -> tuple[int, int, int]:
+    """(x, y, side) of the square crop around ``box``; 'clamp' keeps it inside the photo."""
+    x, y, w, h = box
+    side = max(1, round(max(w, h) * (1 + 2 * margin)))
+    cx, cy = x + w / 2, y + h / 2
+    x0, y0 = round(cx - side / 2), round(cy - side / 2)
+    if border == "clamp":
+        H, W = shape[:2]
+        side = min(side, H, W)
+        x0 = min(max(0, x0), W - side)
+        y0 = min(max(0, y0), H - side)
+    return x0, y0, side
+
+
+def crop_face(img: np.ndarray, box: tuple[int, int, int, int], size: int,
+              margin: float = 0.25, border: str = "pad") -> np.ndarray:
+    """The face in ``box`` as a ``size`` x ``size`` crop (area-averaged when shrinking)."""
+    import cv2
+
+    H, W = img.shape[:2]
+    x0, y0, side = square_box(box, margin, img.shape, border)
+    x1, y1 = x0 + side, y0 + side
+    crop = img[max(0, y0):min(H, y1), max(0, x0):min(W, x1)]
+    pads = (max(0, -y0), max(0, y1 - H), max(0, -x0), max(0, x1 - W))
+    if any(pads):
+        # Mirror the photo into the missing part: no hard black bars for the GAN to learn.
+        # REFLECT_101 cannot reach past one image width; replicate covers the rest.
+        kind = cv2.BORDER_REFLECT_101 if max(pads) < min(crop.shape[:2]) else \
+            cv2.BORDER_REPLICATE
+        crop = cv2.copyMakeBorder(np.ascontiguousarray(crop), *pads, kind)
+    return resize(crop, size)
+
+
+def suppress(detections: list[Detection], iou_threshold: float) -> list[bool]:
+    """Non-maximum suppression: True for detections kept (best score, then largest first)."""
+    order = sorted(range(len(detections)),
+                   key=lambda i: (-detections[i].score, -detections[i].box[2]))
+    keep = [False] * len(detections)
+    chosen: list[int] = []
+    for i in order:
+        if all(iou(detections[i].box, detections[j].box) <= iou_threshold for j in chosen):
+            keep[i] = True
+            chosen.append(i)
+    return keep
+
+
+@dataclass
+class Face:
+    """One detection: its box, score, crop at the stored resolution and drop reason (or None)."""
+
+    box: tuple[int, int, int, int]
+    score: float
+    reason: str | None
+    crop: np.ndarray
+
+
+def find_faces(img: np.ndarray, detector: FaceDetector, config: FacesConfig) -> list[Face]:
+    """Detect, suppress overlaps, judge size and score, and crop every face of one photo."""
+    dets = detector.detect(img)
+    keep = suppress(dets, config.nms_iou)
+    faces = []
+    for d, k in zip(dets, keep):
+        if not k:
+            reason = "overlap"
+        elif d.score < config.min_score:
+            reason = "low_score"
+        elif min(d.box[2], d.box[3]) < config.min_size:
+            reason = "too_small"
+        else:
+            reason = None
+        crop = crop_face(img, d.box, config.resolution, config.margin, config.border)
+        faces.append(Face(tuple(int(v) for v in d.box), d.score, reason, crop))
+    faces.sort(key=lambda f: (f.box[1], f.box[0]))  # reading order: stable, ids make sense
+    return faces
+
+
+@dataclass
+class PhotoResult:
+    key: str
+    error: str | None  # a drop reason for the whole photo (corrupt, too_large)
+    detail: str
+    faces: list[Face]
+
+
+def detect_chunk(task: tuple[int, int]) -> list[PhotoResult]:
+    """Decode and search photos ``start..stop-1`` of the worker's source (the task function)."""
+    state = worker_state()
+    config: FacesConfig = state["config"]
+    if "detector" not in state:  # built once per worker process
+        state["detector"] = build_detector(config.detector_spec())
+    out = []
+    for key, data in state["source"].read_range(*task):
+        try:
+            if data is None:
+                raise DecodeError("corrupt", "unreadable file")
+            img = data if isinstance(data, np.ndarray) else decode(
+                data, max_pixels=config.max_pixels)
+        except DecodeError as e:
+            out.append(PhotoResult(key, e.reason, e.detail, []))
+            continue
+        out.append(PhotoResult(key, None, "", find_faces(img, state["detector"], config)))
+    return out
+
+
+# -- the stage ----------------------------------------------------------------------------
+def detect_faces(source: Source, out: str | Path, config: FacesConfig = FacesConfig(),
+                 progress: bool = True) -> dict[str, Any]:
+    """Write the faces found in ``source`` as a dataset directory at ``out``; its stats.
+
+    A rerun with the same source and config is a no-op; an interrupted run resumes.
+    """
+    from tqdm import tqdm
+
+    config.check()
+    res = config.resolution
+    writer = DatasetWriter(out, "faces", config.identity(source),
+                           {"images": (res, res, 3), "thumbs": (THUMB, THUMB, 3)},
+                           overwrite=config.overwrite)
+    if writer.done:
+        log.info("%s is already finished with this config: nothing to do", out)
+        return {**Dataset(out).stats, "skipped": True}
+    tasks = shard_tasks(len(source), config.chunk, config.rank, config.world_size)
+    total = sum(b - a for a, b in tasks)
+    done, todo = 0, []
+    for a, b in tasks:  # resume: skip the tasks an interrupted run finished
+        if done < writer.position:
+            done += b - a
+        else:
+            todo.append((a, b))
+    workers = config.workers or default_workers()
+    sheets = Sheets(config.sheet)
+    bar = tqdm(total=total, initial=done, unit="photo", desc="faces", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        results = run_ordered(detect_chunk, todo, {"source": source, "config": config},
+                              min(workers, max(1, len(todo))))
+        for chunk in results:
+            for photo in chunk:
+                write_photo(writer, photo, sheets)
+            writer.advance(len(chunk))
+            bar.update(len(chunk))
+            bar.set_postfix(faces=writer.kept, dropped=sum(writer.dropped.values()),
+                            refresh=False)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            bar.close()
+    sheets.save(writer)
+    return writer.finish(source=source.describe(), workers=workers,
+                         config={**asdict(config), "detector": asdict(config.detector_spec())})
+
+
+def write_photo(writer: DatasetWriter, photo: PhotoResult, sheets: Sheets) -> None:
+    """Add a photo's kept faces and drop the rest (or the unreadable photo), in order."""
+    if photo.error:
+        writer.drop(photo.key, photo.error, source=photo.key, detail=photo.detail)
+        return
+    for j, f in enumerate(photo.faces):
+        meta = {"source": photo.key, "box": list(f.box), "score": f.score}
+        key = f"{photo.key}#{j}"
+        if f.reason is None:
+            writer.add(key, {"images": f.crop, "thumbs": resize(f.crop, THUMB)}, **meta)
+        else:
+            writer.drop(key, f.reason, **meta)
+        sheets.add(f)
+
+
+class Sheets:
+    """Collects the first kept and rejected crops of this run for the contact sheets."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.kept: list[np.ndarray] = []
+        self.rejected: list[tuple[np.ndarray, str]] = []
+
+    def add(self, face: Face) -> None:
+        if face.reason is None and len(self.kept) < self.limit:
+            self.kept.append(face.crop)
+        elif face.reason is not None and len(self.rejected) < self.limit:
+            self.rejected.append((face.crop, face.reason))
+
+    def save(self, writer: DatasetWriter) -> None:
+        from pipeline.sheets import save_sheet
+
+        cell = max(64, writer.arrays_spec["images"][0])
+        if self.kept:
+            save_sheet(self.kept, writer.path("kept.png"), cell=cell)
+        if self.rejected:
+            save_sheet([c for c, _ in self.rejected], writer.path("rejected.png"), cell=cell,
+                       captions=[r for _, r in self.rejected])
