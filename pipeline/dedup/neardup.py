@@ -41,8 +41,14 @@ def all_photos() -> list[tuple[str, np.ndarray]]:
 
 
 def tiles(img: np.ndarray, grids: tuple[int, ...] = (1, 2, 3, 4),
-          min_side: int = 64) -> list[np.ndarray]:
-    """Non-overlapping tiles of ``img`` on k x k grids (tiles of different grids nest)."""
+          min_side: int = 64, min_std: float = 12.0) -> list[np.ndarray]:
+    """Non-overlapping tiles of ``img`` on k x k grids (tiles of different grids nest).
+
+    Near-featureless tiles (grey-level std below ``min_std``: clear sky, a blank wall) are
+    left out: two of them are indistinguishable, so calling them distinct would be wrong.
+    """
+    import cv2
+
     h, w = img.shape[:2]
     out = []
     for k in grids:
@@ -51,7 +57,9 @@ def tiles(img: np.ndarray, grids: tuple[int, ...] = (1, 2, 3, 4),
             continue
         for r in range(k):
             for c in range(k):
-                out.append(np.ascontiguousarray(img[r * th:(r + 1) * th, c * tw:(c + 1) * tw]))
+                t = np.ascontiguousarray(img[r * th:(r + 1) * th, c * tw:(c + 1) * tw])
+                if cv2.cvtColor(t, cv2.COLOR_RGB2GRAY).std() >= min_std:
+                    out.append(t)
     return out
 
 
