@@ -118,8 +118,10 @@ class DatasetWriter:
     """
 
     def __init__(self, root: str | Path, stage: str, config: dict[str, Any],
-                 arrays: dict[str, tuple[int, ...]], overwrite: bool = False):
+                 arrays: dict[str, tuple[int, ...]], overwrite: bool = False,
+                 preserve: tuple[str, ...] = ()):
         self.root = Path(root)
+        self.preserve = set(preserve)  # entries in root the stage keeps (e.g. a cache folder)
         self.stage, self.config, self.arrays_spec = stage, _jsonable(config), dict(arrays)
         self.done = False
         self.position = 0
@@ -155,7 +157,8 @@ class DatasetWriter:
                     f"({_describe_difference(old, self._identity())}); "
                     "choose another --out or pass --overwrite")
             self._clear()
-        elif root.exists() and any(root.iterdir()) and not (root / PROGRESS).exists():
+        elif root.exists() and any(p.name not in self.preserve for p in root.iterdir()) \
+                and not (root / PROGRESS).exists():
             if not overwrite:
                 raise UserError(f"output {root} is not empty and is not a dataset directory; "
                                 "choose an empty or new --out, or pass --overwrite")
@@ -180,6 +183,8 @@ class DatasetWriter:
         if not self.root.exists():
             return
         for p in self.root.iterdir():
+            if p.name in self.preserve:
+                continue
             if p.is_dir():
                 shutil.rmtree(p)
             else:
