@@ -248,6 +248,76 @@ def detect_faces_cmd(
                    + ("" if stats["kept"] else " No faces kept: the dataset is empty."))
 
 
+@app.command("dedup")
+def dedup_cmd(
+    sources: list[str] = typer.Argument(..., help="A dataset directory, or `lsun` followed "
+                                        "by LSUN databases (or roots with --category)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output (cleaned) dataset directory."),
+    model: Path | None = typer.Option(None, help="Reuse a trained autoencoder (e.g. "
+                                      "OUT/hash/autoencoder.pt) instead of training."),
+    epochs: int = typer.Option(8, min=1, help="Autoencoder training passes."),
+    train_limit: int = typer.Option(20000, min=1, help="Train on a random subset of this "
+                                    "many images when the data is larger."),
+    device: str = typer.Option("auto", help="auto, cuda or cpu."),
+    radius: int = typer.Option(7, min=0, max=7, help="Full-code Hamming radius searched."),
+    max_distance: int = typer.Option(32, min=0, max=128, help="Confirm only pairs whose "
+                                     "128-bit codes differ in at most this many bits."),
+    min_similarity: float = typer.Option(0.90, min=-1.0, max=1.0, help="Confirm only pairs "
+                                         "whose thumbnails correlate at least this much."),
+    seed: int = typer.Option(0, help="Training subset, initialization, review sample."),
+    category: str | None = typer.Option(None, help="With lsun: scene category, e.g. bedroom."),
+    split: str = typer.Option("train", help="With lsun and --category: train or val."),
+    resolution: int = typer.Option(64, min=8, help="With lsun: side of the stored crops."),
+    limit: int | None = typer.Option(None, min=1, help="Only the first N records/items."),
+    workers: int = WorkersOpt,
+    overwrite: bool = OverwriteOpt,
+    dry_run: bool = DryRunOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Remove near-duplicates with the paper's autoencoder semantic hash (section 4.1.1).
+
+    Examples: python cli.py dedup lsun data/bedroom_train_lmdb --out data/bedroom64-dedup
+              python cli.py dedup data/faces64 --out data/faces64-dedup
+    """
+    from pipeline.dedup.search import SearchConfig
+    from pipeline.dedup.stage import DedupConfig, dedup, dedup_lsun
+
+    setup_logging(quiet)
+    is_lsun = sources[0] == "lsun"
+    if not is_lsun and len(sources) != 1:
+        raise UserError("give one dataset directory, or `lsun` followed by databases")
+    if is_lsun and len(sources) == 1:
+        raise UserError("give at least one LSUN database after `lsun`")
+    config = DedupConfig(
+        model=str(model) if model else None, epochs=epochs, train_limit=train_limit,
+        device=device, seed=seed, limit=None if is_lsun else limit, overwrite=overwrite,
+        search=SearchConfig(radius=radius, max_distance=max_distance,
+                            min_similarity=min_similarity))
+    if is_lsun:
+        from pipeline.extract import ExtractConfig
+        from pipeline.lsun import LsunSource, resolve_databases
+
+        dbs = resolve_databases([Path(s) for s in sources[1:]], category, split)
+        ext = ExtractConfig(resolution=resolution, workers=workers, overwrite=overwrite)
+        if dry_run:
+            echo_json("config", {"databases": dbs, "limit": limit, "out": out,
+                                 "extract": asdict(ext), **asdict(config)})
+            return
+        stats = dedup_lsun(LsunSource(dbs, limit=limit), out, config, ext, not quiet)
+    else:
+        if dry_run:
+            echo_json("config", {"dataset": sources[0], "out": out, **asdict(config)})
+            return
+        stats = dedup(Path(sources[0]), out, config, not quiet)
+    summarize(stats, out, quiet)
+    if not quiet and not stats.get("skipped"):
+        sizes = ", ".join(f"{v} of {k}" for k, v in stats["group_sizes"].items()) or "none"
+        typer.echo(f"Removed {stats['removed']} near-duplicates in {stats['groups']} groups "
+                   f"(group sizes: {sizes}); autoencoder loss {stats['autoencoder_loss']} "
+                   f"({'trained' if stats['trained'] else 'loaded'} on {stats['device']}). "
+                   f"Review {out / 'review.png'}, list {out / 'duplicates.jsonl'}.")
+
+
 def main() -> None:
     """Entry point: run the app; user errors become one line on stderr and exit code 2."""
     try:

@@ -136,7 +136,7 @@ def train_autoencoder(thumbs: np.ndarray, config: AutoencoderConfig | None = Non
     rng = np.random.default_rng(config.seed)
     idx = np.sort(rng.choice(n, config.train_limit, replace=False)) if n > config.train_limit \
         else np.arange(n)
-    x = standardize(torch.from_numpy(np.ascontiguousarray(thumbs[idx])).to(device))
+    x = standardize(torch.from_numpy(np.array(thumbs[idx])).to(device))
     torch.manual_seed(config.seed)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     if config.code_bits % 8 or config.code_bits < KEY_BITS:
@@ -185,7 +185,7 @@ def encode_thumbs(model: Autoencoder, thumbs: np.ndarray, batch: int = 8192) -> 
     dev = next(model.parameters()).device
     out = np.empty((len(thumbs), model.code_bits), np.float32)
     for s in range(0, len(thumbs), batch):
-        x = standardize(torch.from_numpy(np.ascontiguousarray(thumbs[s:s + batch])).to(dev))
+        x = standardize(torch.from_numpy(np.array(thumbs[s:s + batch])).to(dev))
         out[s:s + batch] = model.encode(x).cpu().numpy()
     return out
 
