@@ -52,7 +52,14 @@ def resolve_config(out: str | Path, overrides: dict[str, Any], resume: bool) -> 
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if not resume:
         return TrainConfig.from_dict(overrides)
+    if not list_checkpoints(out):
+        raise UserError(f"--resume: {out} holds no checkpoint to resume from (looked in "
+                        f"{Path(out) / 'checkpoints'})")
     path, ckpt = latest_checkpoint(out)
+    missing = {"D", "opt_g", "opt_d", "step", "rng"} - set(ckpt)
+    if missing:
+        raise UserError(f"--resume: {path} is not a full training checkpoint (no "
+                        f"{', '.join(sorted(missing))})")
     saved = TrainConfig.from_dict(ckpt["config"])
     config = saved.replace(**overrides)
     diff = config_difference(saved, config)
@@ -107,6 +114,8 @@ def _train(data, out: Path, config: TrainConfig, resume: bool, progress: bool,
         raise UserError(f"{out} already holds a run (checkpoints up to step "
                         f"{latest_checkpoint(out)[1]['step']}): pass --resume to continue "
                         "it, or choose another --out")
+    if resume:
+        resolve_config(out, config.to_dict(), resume=True)  # refuses another config
     images = open_images(data, config.resolution, progress and dist.main)
     run = RunDir(out, write=dist.main)
     trainer = Trainer(config, images, device, dist)

@@ -96,6 +96,9 @@ def test_resume_is_bit_exact(data32, tmp_path):
     # A third run in the same place must resume, not silently start over.
     with pytest.raises(UserError, match="--resume"):
         train(data32, tmp_path / "full", full, progress=False)
+    with pytest.raises(UserError, match="another config.*lr: 0.0002 -> 0.001"):
+        train(data32, tmp_path / "full", full.replace(lr=1e-3, steps=8), resume=True,
+              progress=False)
 
 
 def test_run_directory(data32, tmp_path):
