@@ -169,6 +169,7 @@ def main() -> None:
                     default=["ours", "floor", "torchvision"])
     ap.add_argument("--code", type=Path, help="measure this checkout's pipeline as 'ours' "
                     "(default: the one holding this script)")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per measurement")
     ap.add_argument("--measure", nargs=2, metavar=("NAME", "WORKERS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -185,9 +186,13 @@ def main() -> None:
 
     def run(name: str, workers: int) -> float | None:
         code = ["--code", str(args.code.resolve())] if args.code else []
-        out = subprocess.run([sys.executable, __file__, "--n", str(args.n), "--work",
-                              str(args.work), *code, "--measure", name, str(workers)],
-                             capture_output=True, text=True)
+        cmd = [sys.executable, __file__, "--n", str(args.n), "--work", str(args.work), *code,
+               "--measure", name, str(workers)]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            print(f"  {name} with {workers} workers: no result in {args.timeout} s", flush=True)
+            return None
         if out.returncode:
             print(f"  {name} with {workers} workers failed:\n{out.stderr[-1500:]}", flush=True)
             return None
