@@ -174,3 +174,11 @@ def test_ddp_two_processes_gloo(data32, tmp_path):
     assert ckpt["step"] == 4 and ckpt["world_size"] == 2
     lines = [json.loads(x) for x in open(run / "metrics.jsonl")]
     assert [m["step"] for m in lines] == [1, 2, 3, 4]
+
+
+def test_lsun_database_is_extracted_then_trained(lsun_db, tmp_path):
+    r = invoke("train", lsun_db, "--out", tmp_path / "run", "--steps", "1", *TINY[:-1])
+    assert r.exit_code == 0, r.output
+    assert "Trained 1 steps to step 1" in r.output
+    config = json.loads((tmp_path / "run/config.json").read_text())
+    assert config["data"] == str(lsun_db) and config["resolution"] == 32
