@@ -1,0 +1,189 @@
+"""Near-duplicate removal on real photos: training, hashing, search, grouping, bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.decode import prepare
+from pipeline.dedup import (
+    AutoencoderConfig,
+    SearchConfig,
+    find_duplicates,
+    hamming,
+    hash_thumbs,
+    load_autoencoder,
+    save_autoencoder,
+    train_autoencoder,
+)
+from pipeline.dedup.hashing import choose_key_units, keys_from_bits, pack_codes, unpack_codes
+from pipeline.dedup.neardup import make_neardup_set
+from pipeline.dedup.search import candidate_pairs, group, pixel_similarity
+from pipeline.errors import UserError
+
+FAST = AutoencoderConfig(epochs=6)
+
+
+@pytest.fixture(scope="module")
+def neardups(photos):
+    """Tiles of the package photos, half with one near-duplicate each, as 32x32 thumbnails."""
+    ds = make_neardup_set(photos, seed=3)
+    thumbs = np.stack([prepare(b, 32)[1] for b in ds.data])
+    return ds, thumbs
+
+
+@pytest.fixture(scope="module")
+def model(neardups):
+    torch.set_num_threads(2)
+    return train_autoencoder(neardups[1], FAST, device="cpu", progress=False)
+
+
+def _originals(ds):
+    kinds = np.array(ds.kind)
+    first = {int(ds.group[i]): i for i in np.flatnonzero(kinds == "original")}
+    dups = np.flatnonzero(kinds != "original")
+    return kinds, dups, np.array([first[int(ds.group[i])] for i in dups])
+
+
+def test_training_hashing_and_keys(neardups, model):
+    ds, thumbs = neardups
+    assert len(thumbs) >= 256
+    assert model.config["final_loss"] < 1.0  # standardized input: predicting 0 scores 1.0
+    codes, keys = hash_thumbs(model, thumbs)
+    assert codes.shape == (len(thumbs), 16) and codes.dtype == np.uint8
+    assert keys.shape == (len(thumbs),) and keys.dtype == np.uint32
+    # The key is exactly the chosen 32 units of the full code.
+    bits = unpack_codes(codes)
+    units = model.key_units.numpy()
+    assert len(set(units.tolist())) == 32
+    assert np.array_equal(keys, keys_from_bits(bits, units))
+    # Semantic: near-duplicates hash close, distinct tiles far apart.
+    kinds, dups, orig = _originals(ds)
+    d_dup = hamming(codes[dups], codes[orig])
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, len(thumbs), (2, 2000))
+    keep = ds.group[a] != ds.group[b]
+    d_far = hamming(codes[a[keep]], codes[b[keep]])
+    assert np.median(d_dup) <= 4 and np.median(d_far) >= 30
+    assert np.all(d_dup[kinds[dups] == "exact"] == 0)
+    # Keys spread the data: no bucket holds more than a few percent of it.
+    assert np.unique(keys, return_counts=True)[1].max() <= max(4, len(keys) // 25)
+
+
+def test_key_units_are_balanced_and_decorrelated():
+    rng = np.random.default_rng(0)
+    rates = np.r_[np.full(40, 0.5), np.full(40, 0.02), np.full(48, 0.9)]
+    bits = rng.random((4000, 128)) < rates
+    bits[:, 1] = bits[:, 0]  # a perfect copy must not be chosen twice
+    units = choose_key_units(bits, 32)
+    assert not ({0, 1} <= set(units.tolist()))
+    assert np.all(np.abs(bits[:, units].mean(0) - 0.5) < 0.1)
+
+
+def test_save_load_roundtrip_and_bad_files(neardups, model, tmp_path):
+    thumbs = neardups[1][:64]
+    path = save_autoencoder(model, tmp_path / "ae.pt")
+    loaded = load_autoencoder(path)
+    c1, k1 = hash_thumbs(model, thumbs)
+    c2, k2 = hash_thumbs(loaded, thumbs)
+    assert np.array_equal(c1, c2) and np.array_equal(k1, k2)
+
+    state = torch.load(path, weights_only=True)
+    state["version"] = 99
+    torch.save(state, tmp_path / "v99.pt")
+    with pytest.raises(UserError, match="version 99"):
+        load_autoencoder(tmp_path / "v99.pt")
+    state["version"] = 1
+    state["code_bits"] = 64  # weights are 3072x128: another shape
+    torch.save(state, tmp_path / "shape.pt")
+    with pytest.raises(UserError, match="do not fit"):
+        load_autoencoder(tmp_path / "shape.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(UserError, match="not a dedup autoencoder"):
+        load_autoencoder(tmp_path / "junk.pt")
+    with pytest.raises(UserError, match="does not exist"):
+        load_autoencoder(tmp_path / "missing.pt")
+
+
+def test_too_few_images_is_a_clear_error(neardups):
+    with pytest.raises(UserError, match="at least 256"):
+        train_autoencoder(neardups[1][:40], FAST, progress=False)
+
+
+def test_find_duplicates_on_real_near_duplicates(neardups, model):
+    ds, thumbs = neardups
+    codes, keys = hash_thumbs(model, thumbs)
+    res = find_duplicates(codes, keys, thumbs, SearchConfig())
+    removed = res.removed
+    rep = res.duplicate_of[removed]
+    assert np.all(res.duplicate_of[rep] == -1)  # every representative is kept
+    assert np.all(rep < removed)  # the lowest id of a group is kept
+    precision = np.mean(ds.group[removed] == ds.group[rep])
+    removable = len(ds.group) - len(np.unique(ds.group))
+    recall = np.sum(ds.group[removed] == ds.group[rep]) / removable
+    assert precision >= 0.95 and recall >= 0.85, (precision, recall)
+    kinds, dups, orig = _originals(ds)
+    exact = dups[kinds[dups] == "exact"]
+    both = np.where(res.duplicate_of >= 0, res.duplicate_of, np.arange(len(thumbs)))
+    assert np.all(both[exact] == both[orig[kinds[dups] == "exact"]])  # copies never missed
+    assert np.all(res.distance[removed] <= SearchConfig().max_distance)
+    assert np.all(res.similarity[removed] >= SearchConfig().min_similarity)
+
+
+def test_pixel_check_tolerates_edits_not_other_photos(photos):
+    import cv2
+
+    a = prepare(_enc(photos[0]), 32)[1]
+    brighter = prepare(_enc(cv2.convertScaleAbs(photos[0], alpha=1.2, beta=20)), 32)[1]
+    h, w = photos[0].shape[:2]
+    crop = prepare(_enc(photos[0][h // 25:, w // 25:]), 32)[1]
+    other = prepare(_enc(photos[2]), 32)[1]
+    sims = pixel_similarity(np.stack([a, a, a]), np.stack([brighter, crop, other]))
+    assert sims[0] > 0.97 and sims[1] > 0.9 and sims[2] < 0.5
+
+
+def _enc(img):
+    from pipeline.samples import encode
+
+    return encode(img, "jpeg", 85)
+
+
+def test_candidates_cover_radius_and_big_buckets_stay_linear():
+    rng = np.random.default_rng(1)
+    n = 20000
+    bits = rng.random((n, 128)) < 0.5
+    for i in range(0, 2000, 2):  # planted pairs at distance 1..7
+        flip = rng.choice(128, 1 + (i // 2) % 7, replace=False)
+        bits[i + 1] = bits[i]
+        bits[i + 1, flip] ^= True
+    codes = pack_codes(bits)
+    keys = keys_from_bits(bits, np.arange(32))
+    pairs = {tuple(p) for p in candidate_pairs(codes, keys, radius=7).tolist()}
+    assert all((i, i + 1) in pairs for i in range(0, 2000, 2))
+    assert len(pairs) < 1500  # distinct random codes almost never pair
+    # 5000 identical codes (blank frames): pairs bounded by window x size, not size^2.
+    same = np.zeros((5000, 16), np.uint8)
+    p = candidate_pairs(same, np.zeros(5000, np.uint32), radius=7, window=16)
+    assert 5000 <= len(p) <= (16 + 2) * 5000  # window + 2 bucket heads per item
+
+
+def test_grouping_is_around_representatives_without_chaining():
+    # 0~1 and 1~2 match, 0 and 2 do not: 2 must not be removed as a duplicate of 0 via 1.
+    pairs = np.array([[0, 1], [1, 2], [3, 4], [3, 5]])
+    dup_of, dist, _ = group(6, pairs, np.array([1, 2, 3, 4]), np.ones(4, np.float32))
+    assert dup_of.tolist() == [-1, 0, -1, -1, 3, 3]
+    assert dist.tolist() == [-1, 1, -1, -1, 3, 4]
+
+
+def test_all_identical_and_no_duplicates(neardups, model):
+    thumbs = neardups[1]
+    same = np.repeat(thumbs[:1], 300, axis=0)
+    codes, keys = hash_thumbs(model, same)
+    res = find_duplicates(codes, keys, same)
+    assert (res.duplicate_of == 0).sum() == 299 and res.duplicate_of[0] == -1
+    ds = neardups[0]
+    originals = np.flatnonzero(np.array(ds.kind) == "original")
+    codes, keys = hash_thumbs(model, thumbs[originals])
+    res = find_duplicates(codes, keys, thumbs[originals])
+    assert len(res.removed) <= len(originals) // 50  # distinct tiles: (almost) none removed
