@@ -46,7 +46,7 @@ class DetectorSpec:
     scale_factor: float = 1.2  # haar: image pyramid step
     min_neighbors: int = 4  # haar: overlapping raw hits a face needs
     detect_face: int = 36  # smallest face, in detection-copy pixels (copy scaled to fit)
-    min_face: int = 40  # smallest face looked for, in source pixels (the stage: min_size/2)
+    min_face: int = 40  # smallest face looked for, in source pixels (the stage: 3/4 min_size)
     max_side: int = 0  # cap on the detection copy's longer side (0: none)
     score_threshold: float = 0.5  # yunet: candidates below are not reported at all
 

@@ -71,9 +71,14 @@ class FacesConfig:
         self.detector_spec().check()
 
     def detector_spec(self) -> DetectorSpec:
-        """The detector, looking for faces down to half ``min_size``: smaller ones are
-        recorded as ``too_small`` and larger photos are searched on a downscaled copy."""
-        return replace(self.detector, min_face=max(20, self.min_size // 2))
+        """The detector, looking for faces down to 3/4 of ``min_size``.
+
+        Near misses are recorded as ``too_small``; searching lower costs time for nothing
+        kept (measured on a 1.2 Mpx photo, one core: 1.35 s down to 32 px, 0.76 s down to
+        48 px, 0.43 s down to 64 px). Photos are searched on a copy scaled so that this
+        smallest face is ``detect_face`` px (36: measured best on the annotated photos).
+        """
+        return replace(self.detector, min_face=max(20, round(self.min_size * 0.75)))
 
     def identity(self, source: Source) -> dict[str, Any]:
         """What determines the output (not how fast it is made)."""

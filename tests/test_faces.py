@@ -117,9 +117,9 @@ def test_overlapping_detections_are_suppressed():
 def test_find_faces_reasons(astronaut, haar):
     import cv2
 
-    two = np.zeros((512, 768, 3), np.uint8)
+    two = np.zeros((512, 812, 3), np.uint8)
     two[:, :512] = astronaut
-    two[:256, 512:] = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
+    two[:300, 512:] = cv2.resize(astronaut, (300, 300), interpolation=cv2.INTER_AREA)
     faces = find_faces(two, haar, FacesConfig(min_size=64, resolution=32))
     reasons = sorted((f.reason or "kept") for f in faces)
     assert reasons == ["kept", "too_small"]
@@ -231,6 +231,43 @@ def test_workers_and_rerun_do_not_change_the_output(bad_folder, tmp_path):
     assert da.manifest == db.manifest and np.array_equal(da.images, db.images)
     again = detect_faces(src, tmp_path / "a", FacesConfig(workers=1, chunk=4), progress=False)
     assert again["skipped"] and again["kept"] == a["kept"]
+
+
+class Interrupted(Exception):
+    pass
+
+
+class FailingSource:
+    """A folder source that fails once its reader reaches ``fail_at`` (a crash mid-run)."""
+
+    def __init__(self, inner, fail_at: int):
+        self.inner, self.fail_at = inner, fail_at
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def describe(self) -> dict:
+        return self.inner.describe()
+
+    def read_range(self, start: int, stop: int):
+        for i, item in zip(range(start, stop), self.inner.read_range(start, stop)):
+            if i == self.fail_at:
+                raise Interrupted
+            yield item
+
+
+def test_interrupted_run_resumes_to_the_same_dataset(bad_folder, tmp_path):
+    src = open_source(bad_folder)
+    config = FacesConfig(workers=1, chunk=2)
+    with pytest.raises(Interrupted):
+        detect_faces(FailingSource(src, 5), tmp_path / "r", config, progress=False)
+    assert not (tmp_path / "r" / "COMPLETE").exists()
+    assert json.loads((tmp_path / "r" / "progress.json").read_text())["position"] == 4
+    stats = detect_faces(src, tmp_path / "r", config, progress=False)
+    detect_faces(src, tmp_path / "clean", config, progress=False)
+    a, b = Dataset(tmp_path / "r"), Dataset(tmp_path / "clean")
+    assert stats["read"] == 9 and a.manifest == b.manifest and a.drops() == b.drops()
+    assert np.array_equal(a.images, b.images)
 
 
 def test_yunet_model_errors(tmp_path):
