@@ -305,3 +305,32 @@ def test_cli_unusable_outputs_are_one_line_errors(lsun_db, tmp_path):
         assert r.returncode == 2 and msg in r.stderr, r.stderr
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_extract_images_folder(photos, tmp_path):
+    """A photo folder: nested files in every format, a corrupt file, a name that is not
+    UTF-8 (kept, never mangled into another path), and an empty folder refused."""
+    import os
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for i, fmt in enumerate(("jpeg", "png", "webp")):
+        (folder / f"p{i}.{'jpg' if fmt == 'jpeg' else fmt}").write_bytes(
+            encode(photos[i], fmt, 90))
+    (folder / "sub" / "deep.jpg").write_bytes(encode(photos[3], "jpeg", 90))
+    (folder / "broken.jpg").write_bytes(encode(photos[4], "jpeg", 90)[:500])
+    (folder / "notes.txt").write_text("not a photo, not an image suffix")
+    with open(os.fsencode(folder) + b"/odd\xff.png", "wb") as f:
+        f.write(encode(photos[5], "png"))
+    out = tmp_path / "ds"
+    r = run_cli("extract", "images", str(folder), "--out", str(out), "--resolution", "32")
+    assert r.returncode == 0, r.stderr
+    assert "kept 5" in r.stdout and "1 corrupt" in r.stdout
+    d = Dataset(out)
+    assert d.images.shape == (5, 32, 32, 3)
+    keys = [m["key"] for m in d.manifest]
+    assert "sub/deep.jpg" in keys and len([k for k in keys if k.startswith("odd")]) == 1
+    assert [x["key"] for x in d.drops()] == ["broken.jpg"]
+    (tmp_path / "none").mkdir()
+    r = run_cli("extract", "images", str(tmp_path / "none"), "--out", str(tmp_path / "o2"))
+    assert r.returncode == 2 and "no images" in r.stderr and "Traceback" not in r.stderr
