@@ -10,7 +10,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
+
+from pipeline.errors import UserError
 
 _STATE: dict[str, Any] = {}
 
@@ -64,5 +68,15 @@ def run_ordered(fn: Callable[[Any], Any], tasks: Iterable[Any], state: dict[str,
     ctx = mp.get_context(method)
     if method == "forkserver":
         ctx.set_forkserver_preload(["numpy", "cv2", "pipeline.decode"])
-    with ctx.Pool(workers, _init_worker, (state,)) as pool:
-        yield from pool.imap(fn, tasks, chunksize=1)
+    # Not multiprocessing.Pool: it replaces a worker that died (out of memory, a crash in a
+    # decoder) and then waits forever for the lost task. The executor reports it instead.
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(state,))
+    try:
+        yield from pool.map(fn, tasks)
+    except BrokenProcessPool as e:
+        raise UserError("a worker process died (out of memory, or a crash while decoding); "
+                        "run the command again to resume") from e
+    finally:
+        # On an error or Ctrl-C: drop the queued tasks; a running one finishes (<1 s).
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -334,3 +334,20 @@ def test_cli_extract_images_folder(photos, tmp_path):
     (tmp_path / "none").mkdir()
     r = run_cli("extract", "images", str(tmp_path / "none"), "--out", str(tmp_path / "o2"))
     assert r.returncode == 2 and "no images" in r.stderr and "Traceback" not in r.stderr
+
+
+def _die_on_second(task: int) -> int:
+    """A task function whose worker dies (as if killed for memory) on task 1."""
+    import os
+    import signal
+
+    if task == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return task
+
+
+def test_a_dead_worker_is_an_error_not_a_hang():
+    from pipeline.runner import run_ordered
+
+    with pytest.raises(UserError, match="worker process died"):
+        list(run_ordered(_die_on_second, range(6), {}, 2))
