@@ -12,8 +12,12 @@ each worker count, times on the same database:
   (``Resize(64)``, ``CenterCrop(64)``, ``ToTensor()``) through a ``DataLoader`` (batch 128,
   ``num_workers`` = the worker count).
 
-Each is run ``--repeats`` times, interleaved, and the best time is kept (the machine may be
-shared). Usage: ``python benchmarks/extract_lsun.py [--n 5000] [--workers 1 2]``.
+Each measurement runs in a fresh process, ``--repeats`` times, interleaved, and the best time
+is kept (the machine may be shared). ``floor/baseline`` is the most any extractor decoding with
+the same library can gain over the baseline. ``--code DIR`` measures another checkout as
+"ours" (before/after comparisons).
+
+Usage: ``python benchmarks/extract_lsun.py [--n 5000] [--workers 1 2] [--repeats 2]``.
 """
 
 from __future__ import annotations
