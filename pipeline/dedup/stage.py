@@ -12,16 +12,24 @@ every input item, so a rerun with other thresholds (``--overwrite``) does not re
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.dataset import Dataset, DatasetWriter, atomic_write, read_jsonl, write_json
+from pipeline.dataset import (
+    Dataset,
+    DatasetWriter,
+    atomic_write,
+    is_dataset,
+    read_jsonl,
+    write_json,
+)
 from pipeline.dedup.search import SearchConfig
 from pipeline.errors import UserError
 
@@ -67,8 +75,6 @@ def _hash(ds: Dataset, thumbs: np.ndarray, config: DedupConfig, hash_dir: Path,
     ident["input_finished"] = (ds.root / "COMPLETE").read_text().strip()
     meta_path = hash_dir / "hash.json"
     if meta_path.exists() and (hash_dir / "codes.npy").exists():
-        import json
-
         meta = json.loads(meta_path.read_text())
         if meta.get("identity") == ident:
             log.info("reusing codes from %s", hash_dir)
@@ -220,7 +226,14 @@ def dedup_lsun(source, out: str | Path, config: DedupConfig = DedupConfig(),
         raise UserError(f"output {out} is not empty and is not a dedup output; choose an "
                         "empty or new --out, or pass --overwrite")
     extract_config = extract_config or ExtractConfig(overwrite=config.overwrite)
-    ext = extract(source, out / EXTRACTED_DIR, extract_config, progress=progress)
-    stats = dedup(out / EXTRACTED_DIR, out, config, progress, preserve=(EXTRACTED_DIR,))
+    cache = out / EXTRACTED_DIR
+    if extract_config.overwrite and is_dataset(cache):
+        # --overwrite replaces a different result; an extraction of this very source with
+        # these settings is still valid (and is the expensive part): keep it.
+        same = json.loads(json.dumps(extract_config.identity(source), default=str))
+        if Dataset(cache).config.get("config") == same:
+            extract_config = replace(extract_config, overwrite=False)
+    ext = extract(source, cache, extract_config, progress=progress)
+    stats = dedup(cache, out, config, progress, preserve=(EXTRACTED_DIR,))
     return {**stats, "extract_seconds": ext.get("seconds"),
             "extract_skipped": bool(ext.get("skipped"))}
