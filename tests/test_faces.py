@@ -70,6 +70,18 @@ def test_small_faces_in_a_scene_are_found(astronaut, haar):
     assert len(boxes) == 1 and iou(boxes[0], truth) >= 0.5
 
 
+@pytest.mark.parametrize("angle", [-20, 20])
+def test_tilted_heads_are_found(astronaut, haar, angle):
+    """A head tilted 20 degrees (the upright cascade misses one way): turned passes."""
+    import cv2
+
+    m = cv2.getRotationMatrix2D((256, 256), angle, 1.0)
+    tilted = cv2.warpAffine(astronaut, m, (512, 512), borderMode=cv2.BORDER_REFLECT)
+    cx, cy = m @ np.array([ASTRONAUT_FACE[0] + 46, ASTRONAUT_FACE[1] + 46, 1.0])
+    boxes = [d.box for d in haar.detect(tilted)]
+    assert len(boxes) == 1 and iou(boxes[0], [cx - 46, cy - 46, 92, 92]) >= 0.5, boxes
+
+
 def test_downscaled_detection_maps_boxes_back(astronaut):
     """Large photos are searched on a smaller copy; boxes come back in source pixels."""
     import cv2
