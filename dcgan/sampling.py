@@ -131,7 +131,7 @@ def interpolate(G, config: Any, out: str | Path, rows: int = 6, steps: int = 10,
     import torch
 
     frames_z = torch.cat([walk(z[:rows + 1], steps * 2, spherical),
-                          walk(z[rows::-1][:2], steps * 2, spherical)[1:]])  # loop back
+                          walk(z[[rows, 0]], steps * 2, spherical)[1:-1]])  # and back
     images = generate(G, torch.cat(grid_z), device)
     out = Path(out)
     png = out if out.suffix.lower() == ".png" else out / "walk.png"
