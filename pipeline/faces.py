@@ -91,10 +91,11 @@ class FacesConfig:
 class DatasetImages:
     """A finished dataset directory's ``images.npy`` rows as a source of pixels."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, limit: int | None = None):
         self.root = Path(root)
         self._dataset: Dataset | None = None
-        self.keys = [str(r.get("key", r.get("id"))) for r in Dataset(self.root).manifest]
+        rows = Dataset(self.root).manifest
+        self.keys = [str(r.get("key", r.get("id"))) for r in rows[:limit or len(rows)]]
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_dataset": None}  # each worker maps the array itself
@@ -121,7 +122,7 @@ def open_source(path: str | Path, limit: int | None = None) -> Source:
     if not path.exists():
         raise UserError(f"{path} does not exist")
     if is_dataset(path):
-        return DatasetImages(path)
+        return DatasetImages(path, limit=limit)
     if path.is_dir() and (path / "data.mdb").is_file():
         return LsunSource([path], limit=limit)
     source = FolderSource(path, limit=limit)
