@@ -305,6 +305,8 @@ def test_memorization_command(run, fm32, tmp_path):
     assert res["distinct_training_codes"] > 50
     assert 0 <= res["key_collisions"] <= 64
     assert 0 <= res["nearest_hamming_generated"]["min"] <= 128
+    # 40 steps of training make noise, far from every training image in pixels.
+    assert res["nearest_pixel_rms_generated"]["min"] > res["nearest_pixel_rms_training"]["median"]
     assert png(tmp_path / "memorization.png").shape[1] == 4 * 66 + 2  # sample + 3 neighbours
 
 
@@ -324,3 +326,4 @@ def test_memorization_catches_a_copying_generator(run, fm32, tmp_path):
     res = memorization(Copier(), config, fm32, tmp_path, mc, progress=False)
     assert res["exact_code_matches"] == 50 and res["key_collisions"] == 50
     assert res["nearest_hamming_generated"]["median"] == 0
+    assert res["nearest_pixel_rms_generated"]["median"] < 1
