@@ -45,7 +45,7 @@ class DetectorSpec:
     model: str | None = None  # yunet: path of the ONNX file (face_detection_yunet_*.onnx)
     cascade: str = "haarcascade_frontalface_alt2.xml"  # haar: file in cv2.data.haarcascades
     scale_factor: float = 1.2  # haar: image pyramid step
-    min_neighbors: int = 4  # haar: overlapping raw hits a face needs
+    min_neighbors: int = 5  # haar: overlapping raw hits a face needs
     detect_face: int = 36  # smallest face, in detection-copy pixels (copy scaled to fit)
     min_face: int = 40  # smallest face looked for, in source pixels (the stage: 3/4 min_size)
     max_side: int = 0  # cap on the detection copy's longer side (0: none)
