@@ -78,12 +78,19 @@ def main() -> None:
     ap.add_argument("--half", type=int, default=1, help="0: tuning photos, 1: held out")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=None, help="autoencoder epochs override")
     args = ap.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
-    from pipeline.dedup import SearchConfig, find_duplicates, hash_thumbs, train_autoencoder
+    from pipeline.dedup import (
+        AutoencoderConfig,
+        SearchConfig,
+        find_duplicates,
+        hash_thumbs,
+        train_autoencoder,
+    )
 
     photos = [p for i, (_, p) in enumerate(all_photos()) if i % 2 == args.half]
     ds = make_neardup_set(photos, seed=args.seed)
@@ -97,7 +104,8 @@ def main() -> None:
 
     rows = []
     t0 = time.perf_counter()
-    model = train_autoencoder(thumbs, progress=False)
+    ae = AutoencoderConfig() if args.epochs is None else AutoencoderConfig(epochs=args.epochs)
+    model = train_autoencoder(thumbs, ae, progress=False)
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()
     codes, keys = hash_thumbs(model, thumbs)

@@ -124,7 +124,7 @@ def train_autoencoder(thumbs: np.ndarray, config: AutoencoderConfig | None = Non
     """
     from tqdm import tqdm
 
-    from pipeline.dedup.hashing import binarize, choose_key_units
+    from pipeline.dedup.hashing import binarize, choose_key_units, crop_views
 
     config = config or AutoencoderConfig()
     _check_thumbs(thumbs)
@@ -171,8 +171,13 @@ def train_autoencoder(thumbs: np.ndarray, config: AutoencoderConfig | None = Non
     model.config["trained_on"] = int(len(idx))
     log.info("autoencoder: %d thumbnails, %d epochs, reconstruction loss %.4f (per value, "
              "standardized units)", len(idx), config.epochs, loss_value)
-    acts = encode_thumbs(model, thumbs[idx])
-    units = choose_key_units(binarize(acts), KEY_BITS)
+    # Key units: balanced, decorrelated and stable under crops of a few percent (measured
+    # on the training data: how often each unit flips between an image and a cropped view).
+    bits = binarize(encode_thumbs(model, thumbs[idx]))
+    sample = idx[:5000]
+    views = crop_views(np.asarray(thumbs[sample]), rng)
+    flips = (binarize(encode_thumbs(model, views)) != bits[:len(sample)]).mean(axis=0)
+    units = choose_key_units(bits, KEY_BITS, flips)
     model.key_units = torch.as_tensor(units, dtype=torch.long, device=device)
     return model.cpu()
 

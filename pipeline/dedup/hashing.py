@@ -27,12 +27,15 @@ def unpack_codes(codes: np.ndarray) -> np.ndarray:
     return np.unpackbits(codes, axis=1).astype(bool)
 
 
-def choose_key_units(bits: np.ndarray, n: int = 32) -> np.ndarray:
-    """The ``n`` units that make the most even, least redundant bucket key.
+def choose_key_units(bits: np.ndarray, n: int = 32, flip_rate: np.ndarray | None = None,
+                     stability: float = 2.0) -> np.ndarray:
+    """The ``n`` units that make the most even, least redundant and most stable bucket key.
 
-    Greedy: start from the unit whose activation rate is closest to 0.5; then repeatedly add
-    the unit minimizing ``|rate - 0.5| + max |correlation with a chosen unit|``. Units that
-    are (almost) never or always active carry no information and are taken only if needed.
+    Greedy: start from the unit with the lowest penalty ``|rate - 0.5| + stability *
+    flip_rate``; then repeatedly add the unit minimizing ``penalty + max |correlation with a
+    chosen unit|``. ``flip_rate[j]``: how often unit j changes when an image is cropped by a
+    few percent (``unit_flip_rates``). Units that are (almost) never or always active carry
+    no information and are taken only if needed.
     """
     bits = np.asarray(bits, dtype=np.float32)
     if bits.shape[1] < n:
@@ -44,6 +47,8 @@ def choose_key_units(bits: np.ndarray, n: int = 32) -> np.ndarray:
     corr = np.abs(centred.T @ centred) / len(bits)  # (B, B) |Pearson correlation|
     dead = (rate < 0.01) | (rate > 0.99)
     penalty = imbalance + np.where(dead, 10.0, 0.0)
+    if flip_rate is not None:
+        penalty = penalty + stability * np.asarray(flip_rate, np.float32)
     chosen = [int(np.argmin(penalty))]
     worst = corr[chosen[0]].copy()
     for _ in range(n - 1):
@@ -53,6 +58,18 @@ def choose_key_units(bits: np.ndarray, n: int = 32) -> np.ndarray:
         chosen.append(j)
         worst = np.maximum(worst, corr[j])
     return np.array(chosen, dtype=np.int64)
+
+
+def crop_views(thumbs: np.ndarray, rng: np.random.Generator, max_px: int = 2) -> np.ndarray:
+    """Each thumbnail cropped by 0..``max_px`` pixels per side and resized back to 32 x 32."""
+    import cv2
+
+    out = np.empty_like(thumbs)
+    for i, t in enumerate(thumbs):
+        a, b, c, d = rng.integers(0, max_px + 1, 4)
+        out[i] = cv2.resize(np.ascontiguousarray(t[a:32 - b, c:32 - d]), (32, 32),
+                            interpolation=cv2.INTER_LINEAR)
+    return out
 
 
 def keys_from_bits(bits: np.ndarray, units: np.ndarray) -> np.ndarray:
