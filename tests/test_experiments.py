@@ -248,7 +248,7 @@ def test_filters_guided_backprop(run, fm32, tmp_path):
 
 
 # -- features ---------------------------------------------------------------------------------
-def test_labelled_folder(tmp_path):
+def test_labelled_folder(run, tmp_path):
     fm = fashion_mnist("test", 32, 40)
     for img, label in zip(fm.images, fm.labels):
         d = tmp_path / "two" / fm.classes[label % 2]
@@ -256,6 +256,12 @@ def test_labelled_folder(tmp_path):
         (d / f"{len(list(d.iterdir()))}.png").write_bytes(encode(img, "png"))
     data = load_labelled(tmp_path / "two", 32)
     assert data.images.shape == (40, 32, 32, 3) and sorted(set(data.labels)) == [0, 1]
+    from dcgan.features import FeaturesConfig, features_experiment
+
+    D, _ = load_discriminator(run)
+    res = features_experiment(D, 32, FeaturesConfig(str(tmp_path / "two"), 20, 20))
+    assert res["train"] == 20 and res["test"] == 20 and res["classes"] == 2
+    assert res["discriminator"]["accuracy"] >= 0.5  # two classes: chance is 0.5
     (tmp_path / "one" / "only").mkdir(parents=True)
     (tmp_path / "one" / "only" / "a.png").write_bytes(encode(fm.images[0], "png"))
     with pytest.raises(UserError, match="at least two class"):
