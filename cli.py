@@ -577,7 +577,7 @@ def memorization_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Where everything goes."),
-    scenes: int = typer.Option(600, min=50, help="Scene records in the generated database."),
+    scenes: int = typer.Option(600, min=240, help="Scene records in the generated database."),
     steps: int = typer.Option(300, min=1, help="DCGAN training steps."),
     device: str = typer.Option("auto", help="auto, cuda or cpu."),
     workers: int = WorkersOpt,

@@ -1,0 +1,195 @@
+"""The end-to-end demo: every stage on photos that ship with Python packages, nothing downloaded.
+
+1. An LSUN-format database (LMDB, WebP values, 40-hex keys) of random views of the package
+   photos, with planted near-duplicates (re-encoded, rescaled, cropped, brightened,
+   watermarked, byte-identical copies) and a corrupt record.
+2. ``dedup lsun`` on it: extraction plus semantic-hash near-duplicate removal.
+3. ``detect-faces`` on a folder of photos with and without faces.
+4. ``train``: a short DCGAN run on the cleaned scenes, then a sample grid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.dataset import read_jsonl, write_json
+
+log = logging.getLogger(__name__)
+
+# Photos with faces among Debian opencv-doc's examples (used when installed).
+OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
+FACE_PHOTOS = ("messi5.jpg", "lena.jpg")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    scenes: int = 600  # distinct scene records in the generated LSUN database
+    duplicates: float = 0.2  # near-duplicates planted, as a fraction of ``scenes``
+    steps: int = 300  # DCGAN training steps on the cleaned scenes
+    batch_size: int = 64  # DCGAN batch (the paper's 128 is slow on a laptop CPU)
+    resolution: int = 32  # training resolution (32 trains fastest on a CPU; 64 is the paper's)
+    width: int = 32  # generator and discriminator widths (ngf, ndf)
+    device: str = "auto"  # where the autoencoder and the DCGAN train: auto, cuda or cpu
+    workers: int = 0  # decoding/detection processes; 0 = one per core
+    seed: int = 0  # seed for the generated data and the training run
+
+
+def build_scene_db(path: Path, config: DemoConfig) -> dict[str, Any]:
+    """The LSUN-format database with planted near-duplicates; returns the ground truth.
+
+    Scenes are non-overlapping tiles of the package photos (and OpenCV's sample photos when
+    installed), so that no two scenes are near-duplicates except the planted ones.
+    """
+    import cv2
+
+    from pipeline.dedup.neardup import KINDS, all_photos, near_duplicate, tiles
+    from pipeline.samples import encode, lsun_key, write_lmdb
+
+    rng = np.random.default_rng(config.seed)
+    pool = [t for _, p in all_photos() for t in tiles(p, (1, 2, 3, 4), min_side=96)]
+    chosen = rng.choice(len(pool), min(config.scenes, len(pool)), replace=False)
+    records, planted, originals = [], {}, []
+    for i in chosen:
+        tile = pool[int(i)]
+        scale = 256 / min(tile.shape[:2])  # LSUN's short side
+        img = cv2.resize(tile, (round(tile.shape[1] * scale), round(tile.shape[0] * scale)),
+                         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+        key, data = lsun_key(rng), encode(img, "webp", 75)
+        records.append((key, data))
+        originals.append((key, img, data))
+    n_dup = int(round(config.duplicates * len(originals)))
+    for j, i in enumerate(rng.choice(len(originals), n_dup, replace=False)):
+        key, img, data = originals[int(i)]
+        kind = KINDS[j % len(KINDS)]
+        dup_key = lsun_key(rng)
+        records.append((dup_key, near_duplicate(img, data, kind, rng)))
+        planted[dup_key.decode()] = {"of": key.decode(), "kind": kind}
+    records.append((b"0" * 40, b"RIFF\x10\x00\x00\x00WEBPVP8 truncated"))  # corrupt
+    write_lmdb(path, records)
+    return {"records": len(records), "scenes": len(originals), "planted": planted,
+            "corrupt": 1}
+
+
+def build_face_folder(path: Path) -> list[str]:
+    """Photos with faces (astronaut, OpenCV's samples) and without (cat, coffee, rocket)."""
+    from pipeline.samples import encode, package_photos
+
+    path.mkdir(parents=True, exist_ok=True)
+    photos = dict(package_photos())
+    names = []
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        (path / f"{name}.jpg").write_bytes(encode(photos[name], "jpeg", 92))
+        names.append(f"{name}.jpg")
+    for name in FACE_PHOTOS:
+        if (OPENCV_DATA / name).is_file():
+            shutil.copy(OPENCV_DATA / name, path / name)
+            names.append(name)
+    return names
+
+
+def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
+             progress: bool = True) -> dict[str, Any]:
+    """Run every stage into ``out``; returns the report (also written as report.json)."""
+    from dcgan.checkpoint import TrainConfig
+    from dcgan.sampling import sample
+    from dcgan.train import train
+    from pipeline.dedup.stage import DedupConfig, dedup_lsun
+    from pipeline.extract import ExtractConfig
+    from pipeline.faces import FacesConfig, detect_faces
+    from pipeline.lsun import LsunSource
+    from pipeline.sources import FolderSource
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    times: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        times[name] = round(time.monotonic() - t0 - sum(times.values()), 1)
+
+    db = out / "lsun" / "demo_train_lmdb"
+    truth_path = out / "lsun" / "planted.json"
+    if not truth_path.exists():  # written last: a half-built database is rebuilt
+        shutil.rmtree(db, ignore_errors=True)
+        write_json(truth_path, build_scene_db(db, config))
+    truth = json.loads(truth_path.read_text())
+    lap("build data")
+
+    scenes = out / "scenes"
+    dstats = dedup_lsun(LsunSource([db]), scenes,
+                        DedupConfig(device=config.device, seed=config.seed),
+                        ExtractConfig(resolution=config.resolution, workers=config.workers),
+                        progress=progress)
+    removed = read_jsonl(scenes / "duplicates.jsonl")
+    removed_keys = {r["key"] for r in removed}
+    planted = truth["planted"]
+    # A planted copy counts as found when it, or the original it copies, was removed.
+    found = sum(1 for k, v in planted.items() if k in removed_keys or v["of"] in removed_keys)
+    lap("dedup")
+
+    photos = out / "photos"
+    build_face_folder(photos)
+    faces = out / "faces"
+    fstats = detect_faces(FolderSource(photos), faces,
+                          FacesConfig(min_size=40, workers=config.workers), progress=progress)
+    lap("faces")
+
+    run = out / "run"
+    tconfig = TrainConfig(resolution=config.resolution, ngf=config.width, ndf=config.width,
+                          batch_size=config.batch_size, steps=config.steps, seed=config.seed,
+                          device=config.device, sample_every=max(1, config.steps // 4),
+                          checkpoint_every=config.steps)
+    resume = (run / "config.json").exists()
+    tresult = train(scenes, run, tconfig, resume=resume, progress=progress)
+    from dcgan.checkpoint import load_generator
+
+    G, gconfig = load_generator(run)
+    grid = sample(G, gconfig, out / "samples.png", n=64, seed=config.seed)["grid"]
+    lap("train")
+
+    report = {
+        "out": str(out),
+        "lsun": {"records": truth["records"], "planted_duplicates": len(planted),
+                 "corrupt_planted": truth["corrupt"], "path": str(db)},
+        "dedup": {"kept": dstats.get("kept"), "removed": len(removed),
+                  "planted_found": found, "dropped": dstats.get("dropped"),
+                  "review_sheet": str(scenes / "review.png"), "path": str(scenes)},
+        "faces": {"photos": fstats.get("read"), "faces_kept": fstats.get("kept"),
+                  "dropped": fstats.get("dropped"), "sheet": str(faces / "kept.png"),
+                  "path": str(faces)},
+        "train": {"steps": tresult.get("step"), "device": tresult.get("device"),
+                  "img_per_s": round(tresult.get("img_per_s", 0)), "samples": grid,
+                  "loss_curve": str(run / "loss.png"), "path": str(run)},
+        "seconds": times,
+    }
+    write_json(out / "report.json", report)
+    return report
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The report as a few lines a person reads."""
+    d, f, t, s = r["dedup"], r["faces"], r["train"], r["seconds"]
+    drops = ", ".join(f"{n} {k}" for k, n in (d["dropped"] or {}).items()) or "none"
+    fdrops = ", ".join(f"{n} {k}" for k, n in (f["dropped"] or {}).items()) or "none"
+    laps = ", ".join(f"{k} {v}s" for k, v in s.items())
+    return "\n".join([
+        f"Demo finished in {sum(s.values()):.0f}s ({laps}).",
+        f"1. LSUN database: {r['lsun']['records']} records, {r['lsun']['planted_duplicates']} "
+        f"planted near-duplicates, {r['lsun']['corrupt_planted']} corrupt -> {r['lsun']['path']}",
+        f"2. dedup: kept {d['kept']}, removed {d['removed']} near-duplicates "
+        f"({d['planted_found']} of the {r['lsun']['planted_duplicates']} planted), "
+        f"dropped: {drops}.",
+        f"   Review the removed/kept pairs: {d['review_sheet']}",
+        f"3. detect-faces: {f['photos']} photos, {f['faces_kept']} faces kept, "
+        f"dropped: {fdrops}. Faces: {f['sheet']}",
+        f"4. train: {t['steps']} steps on {t['device']} ({t['img_per_s']} img/s). "
+        f"Samples: {t['samples']}; losses: {t['loss_curve']}",
+    ])

@@ -1,0 +1,40 @@
+"""The demo end to end at a reduced size: every stage runs and the report adds up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.dataset import Dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_reduced(tmp_path):
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "demo", "--out", str(out),
+                        "--scenes", "240", "--steps", "4", "--device", "cpu"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Demo finished" in r.stdout and "Traceback" not in r.stderr
+    report = json.loads((out / "report.json").read_text())
+    planted = report["lsun"]["planted_duplicates"]
+    assert planted == 48  # 20% of 240 scenes
+    # every record is accounted for: kept + removed + corrupt
+    d = report["dedup"]
+    assert d["kept"] + d["removed"] + 1 == report["lsun"]["records"]
+    assert d["dropped"]["corrupt"] == 1
+    assert d["planted_found"] >= planted * 0.8  # most planted copies are found...
+    assert d["removed"] <= planted + 8  # ...and little else is removed
+    assert len(Dataset(out / "scenes")) == d["kept"]
+    assert report["faces"]["faces_kept"] >= 1  # the astronaut at least
+    assert report["train"]["steps"] == 4
+    for png in (d["review_sheet"], report["faces"]["sheet"], report["train"]["samples"]):
+        assert Path(png).stat().st_size > 1000
+    # a second run reuses every finished stage
+    r2 = subprocess.run([sys.executable, str(ROOT / "cli.py"), "demo", "--out", str(out),
+                         "--scenes", "240", "--steps", "4", "--device", "cpu", "-q"],
+                        capture_output=True, text=True, timeout=600)
+    assert r2.returncode == 0, r2.stderr[-2000:]
