@@ -132,7 +132,7 @@ def memorization(G, gconfig: Any, dataset: str | Path, out: str | Path,
     tiles, captions = [], []
     for i in order:
         tiles.append(samples[i])
-        captions.append(f"gen {i}" + (" KEY" if collide[i] else ""))
+        captions.append(f"#{i}" + (" KEY" if collide[i] else ""))
         ham = hamming(codes[i], train_codes[ids[i]])
         for j in range(ids.shape[1]):
             tiles.append(np.asarray(images[ids[i, j]]))
