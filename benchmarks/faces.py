@@ -199,12 +199,15 @@ def throughput_table(args, rng) -> None:
         print(f"| plain single-process loop (1 OpenCV thread) | {base:.2f} | 1.00x |")
         print(f"| plain single-process loop (OpenCV's own threads) | {base_mt:.2f} | "
               f"{base_mt / base:.2f}x |")
-        for w in sorted({1, args.workers}):
-            out = Path(tmp) / f"out{w}"
-            stats = detect_faces(open_source(root), out, FacesConfig(workers=w), progress=False)
-            rate = stats["read"] / stats["seconds"]
-            print(f"| detect-faces, {w} worker{'s' if w > 1 else ''} | {rate:.2f} | "
-                  f"{rate / base:.2f}x |")
+        for tilt in (True, False):
+            spec = DetectorSpec() if tilt else DetectorSpec(rotations=())
+            for w in sorted({1, args.workers}):
+                out = Path(tmp) / f"out{w}{tilt}"
+                stats = detect_faces(open_source(root), out,
+                                     FacesConfig(detector=spec, workers=w), progress=False)
+                rate = stats["read"] / stats["seconds"]
+                print(f"| detect-faces{'' if tilt else ' --no-tilt'}, {w} worker"
+                      f"{'s' if w > 1 else ''} | {rate:.2f} | {rate / base:.2f}x |")
 
 
 if __name__ == "__main__":

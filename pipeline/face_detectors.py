@@ -22,6 +22,7 @@ import numpy as np
 from pipeline.errors import UserError
 
 DETECTORS = ("haar", "yunet")
+TURNED_FACE = 24  # turned passes: smallest face in the turned copy, px
 EYES = "haarcascade_eye_tree_eyeglasses.xml"  # confirms hits on turned copies
 
 
@@ -140,7 +141,7 @@ class HaarDetector:
         found = self._search(grey, side)
         # Tilted heads: search turned copies, smaller (faces from the cascade's own 24 px
         # window) and with a coarser pyramid to keep the cost down; map centres back.
-        t = min(1.0, 24 / side)
+        t = min(1.0, TURNED_FACE / side)
         for angle in spec.rotations:
             h, w = grey.shape
             m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, t)
