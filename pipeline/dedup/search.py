@@ -10,11 +10,13 @@
    each table costs 33 sorts; pairs are formed between neighbours in sort order within a
    ``window``, items being ordered by their full code inside a bucket, so a degenerate bucket
    (many blank frames) costs ``window x size``, not ``size^2``. Measured on the benchmark's
-   tuning half: equal key or radius 3 found 69% of the crop near-duplicates; one-bit
-   probing of the key and radius 7 found 96%.
-   faiss's ``IndexBinaryMultiHash`` probes the same way but scans whole buckets per query
-   (quadratic on skewed codes); with single-bit flips it needed ~60 s for 1M queries here
-   (see ``benchmarks/dedup_scale.py`` for the measured comparison).
+   tuning half (one trained model): equal key or radius 3 made candidates of 69% of the crop
+   near-duplicates; one-bit probing of the key and of the quarters (radius 7), 96%.
+   faiss's ``IndexBinaryMultiHash`` (nflip=1) probes the same code quarters and on 1M
+   synthetic codes searched faster (35 s CPU vs our 51 s for search + confirmation + grouping,
+   ``benchmarks/dedup_scale.py``), but it scans whole buckets per query (quadratic when many
+   codes are equal, e.g. blank frames) and has no one-bit probing of the chosen key; the
+   sort-based tables keep every bucket's cost bounded by the window.
 2. Confirmation, before anything is removed: the full-code distance must be at most
    ``max_distance`` and the thumbnails must agree (``pixel_similarity``: correlation of
    band-passed, standardized 32 x 32 thumbnails, best over shifts of up to 2 px, ~6%), so a
