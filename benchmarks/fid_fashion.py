@@ -37,7 +37,7 @@ def reference_train(images: np.ndarray, config, device: str) -> tuple[torch.nn.M
     opt_d = torch.optim.Adam(D.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
     opt_g = torch.optim.Adam(G.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
     bce = torch.nn.BCEWithLogitsLoss()
-    data = torch.from_numpy(np.ascontiguousarray(images))
+    data = torch.from_numpy(np.array(images))  # a writable copy of the memory map
     gen = torch.Generator().manual_seed(config.seed)
     bs = config.batch_size
     ones, zeros = torch.ones(bs, device=device), torch.zeros(bs, device=device)
