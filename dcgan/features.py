@@ -113,8 +113,9 @@ def features_experiment(D, resolution: int, config: FeaturesConfig, device: str 
         test = load_labelled(config.data, resolution, config.test, "test", config.seed)
     else:
         full = load_labelled(config.data, resolution)
-        if len(full.labels) < config.labels + config.test // 10 + 1:
-            log.warning("%s has only %d images", config.data, len(full.labels))
+        if len(full.labels) < config.labels + config.test:
+            log.warning("%s has only %d images: at most half label the SVM, the rest test it",
+                        config.data, len(full.labels))
         order = stratified(full.labels, len(full.labels), config.seed)
         rng = np.random.default_rng(config.seed)
         perm = rng.permutation(order)
