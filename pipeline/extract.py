@@ -7,7 +7,6 @@ thumbnail the dedup stage needs (``thumbs.npy``). Unreadable records are dropped
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,8 +17,9 @@ import numpy as np
 from pipeline.dataset import DatasetWriter
 from pipeline.decode import THUMB, DecodeError, prepare
 from pipeline.errors import UserError
-from pipeline.runner import default_workers, run_ordered, worker_state
+from pipeline.runner import worker_state
 from pipeline.sources import Source
+from pipeline.stage import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -75,40 +75,12 @@ def prepare_chunk(task: tuple[int, int]) -> Chunk:
                  np.stack(thumbs) if thumbs else np.zeros((0, THUMB, THUMB, 3), np.uint8))
 
 
-def shard_tasks(n: int, chunk: int, rank: int, world_size: int) -> list[tuple[int, int]]:
-    """Index ranges of ``chunk`` records covering shard ``rank``: the ``rank``-th of
-    ``world_size`` contiguous blocks (which records a shard holds never depends on
-    ``chunk``, a speed setting that may differ between runs)."""
-    if not 0 <= rank < world_size:
-        raise UserError(f"rank {rank} is outside 0..{world_size - 1}")
-    lo, hi = rank * n // world_size, (rank + 1) * n // world_size
-    return [(s, min(s + chunk, hi)) for s in range(lo, hi, chunk)]
-
-
-def remaining_tasks(tasks: list[tuple[int, int]], position: int) -> list[tuple[int, int]]:
-    """The tasks left after the first ``position`` records of ``tasks`` were consumed.
-
-    A task is cut where the position falls inside it (a resumed run may use another chunk
-    size: the chunk size is a speed setting, not part of the output's identity).
-    """
-    todo, seen = [], 0
-    for a, b in tasks:
-        if seen + (b - a) <= position:
-            seen += b - a
-            continue
-        todo.append((a + max(0, position - seen), b))
-        seen = position
-    return todo
-
-
 def extract(source: Source, out: str | Path, config: ExtractConfig = ExtractConfig(),
             progress: bool = True) -> dict[str, Any]:
     """Write ``source`` as a dataset directory at ``out``; returns its stats.
 
     A rerun with the same source and config is a no-op; an interrupted run resumes.
     """
-    from tqdm import tqdm
-
     if config.resolution < 8:
         raise UserError(f"resolution must be at least 8 (got {config.resolution})")
     writer = DatasetWriter(out, "extract", config.identity(source),
@@ -119,35 +91,15 @@ def extract(source: Source, out: str | Path, config: ExtractConfig = ExtractConf
         from pipeline.dataset import Dataset
 
         return {**Dataset(out).stats, "skipped": True}
-    tasks = shard_tasks(len(source), config.chunk, config.rank, config.world_size)
-    total = sum(b - a for a, b in tasks)
-    todo = remaining_tasks(tasks, writer.position)
-    done = total - sum(b - a for a, b in todo)
-    workers = config.workers or default_workers()
-    bar = tqdm(total=total, initial=done, unit="img", desc="extract", disable=not progress,
-               dynamic_ncols=True)
-    try:
-        results = run_ordered(prepare_chunk, todo, {"source": source,
-                                                    "resolution": config.resolution},
-                              min(workers, max(1, len(todo))))
-        for chunk in results:
-            write_chunk(writer, chunk)
-            writer.advance(len(chunk.keys))
-            bar.update(len(chunk.keys))
-            bar.set_postfix(kept=writer.kept, dropped=sum(writer.dropped.values()),
-                            refresh=False)
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        with contextlib.suppress(Exception):
-            bar.close()
+    workers = run_stage(writer, prepare_chunk, write_chunk,
+                        {"source": source, "resolution": config.resolution}, len(source),
+                        config, desc="extract", unit="img", progress=progress)
     return writer.finish(source=source.describe(), workers=workers,
                          config=asdict(config))
 
 
-def write_chunk(writer: DatasetWriter, chunk: Chunk) -> None:
-    """Add a chunk's kept records and drop its failed ones, in record order."""
+def write_chunk(writer: DatasetWriter, chunk: Chunk) -> int:
+    """Add a chunk's kept records and drop its failed ones, in record order; its size."""
     k = 0
     for key, status, detail in zip(chunk.keys, chunk.status, chunk.details):
         if status is None:
@@ -155,3 +107,4 @@ def write_chunk(writer: DatasetWriter, chunk: Chunk) -> None:
             k += 1
         else:
             writer.drop(key, status, detail=detail)
+    return len(chunk.keys)

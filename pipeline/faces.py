@@ -12,7 +12,6 @@ written next to the dataset.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,7 +22,6 @@ import numpy as np
 from pipeline.dataset import Dataset, DatasetWriter, is_dataset
 from pipeline.decode import MAX_PIXELS, THUMB, DecodeError, decode, resize
 from pipeline.errors import UserError
-from pipeline.extract import shard_tasks
 from pipeline.face_detectors import (
     Detection,
     DetectorSpec,
@@ -31,8 +29,9 @@ from pipeline.face_detectors import (
     build_detector,
     iou,
 )
-from pipeline.runner import default_workers, run_ordered, worker_state
+from pipeline.runner import worker_state
 from pipeline.sources import FolderSource, Source
+from pipeline.stage import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -244,8 +243,6 @@ def detect_faces(source: Source, out: str | Path, config: FacesConfig = FacesCon
 
     A rerun with the same source and config is a no-op; an interrupted run resumes.
     """
-    from tqdm import tqdm
-
     config.check()
     res = config.resolution
     writer = DatasetWriter(out, "faces", config.identity(source),
@@ -254,34 +251,15 @@ def detect_faces(source: Source, out: str | Path, config: FacesConfig = FacesCon
     if writer.done:
         log.info("%s is already finished with this config: nothing to do", out)
         return {**Dataset(out).stats, "skipped": True}
-    tasks = shard_tasks(len(source), config.chunk, config.rank, config.world_size)
-    total = sum(b - a for a, b in tasks)
-    done, todo = 0, []
-    for a, b in tasks:  # resume: skip the tasks an interrupted run finished
-        if done < writer.position:
-            done += b - a
-        else:
-            todo.append((a, b))
-    workers = config.workers or default_workers()
     sheets = Sheets(config.sheet)
-    bar = tqdm(total=total, initial=done, unit="photo", desc="faces", disable=not progress,
-               dynamic_ncols=True)
-    try:
-        results = run_ordered(detect_chunk, todo, {"source": source, "config": config},
-                              min(workers, max(1, len(todo))))
-        for chunk in results:
-            for photo in chunk:
-                write_photo(writer, photo, sheets)
-            writer.advance(len(chunk))
-            bar.update(len(chunk))
-            bar.set_postfix(faces=writer.kept, dropped=sum(writer.dropped.values()),
-                            refresh=False)
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        with contextlib.suppress(Exception):
-            bar.close()
+
+    def write(writer: DatasetWriter, chunk: list[PhotoResult]) -> int:
+        for photo in chunk:
+            write_photo(writer, photo, sheets)
+        return len(chunk)
+
+    workers = run_stage(writer, detect_chunk, write, {"source": source, "config": config},
+                        len(source), config, desc="faces", unit="photo", progress=progress)
     sheets.save(writer)
     return writer.finish(source=source.describe(), workers=workers,
                          config={**asdict(config), "detector": asdict(config.detector_spec())})

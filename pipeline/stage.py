@@ -1,0 +1,80 @@
+"""Running a stage: a source's index ranges through a per-chunk function into a writer.
+
+Shared by every stage that turns a source into a dataset directory (extraction, faces):
+sharding over machines, resuming after the writer's last checkpoint, the process pool, the
+progress bar, and checkpointing on errors or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pipeline.dataset import DatasetWriter
+from pipeline.errors import UserError
+from pipeline.runner import default_workers, run_ordered
+
+
+class Parallelism(Protocol):
+    chunk: int  # records per task
+    rank: int  # this shard
+    world_size: int  # number of shards
+    workers: int  # processes; 0 = one per core
+
+
+def shard_tasks(n: int, chunk: int, rank: int, world_size: int) -> list[tuple[int, int]]:
+    """Index ranges of ``chunk`` records covering shard ``rank``: the ``rank``-th of
+    ``world_size`` contiguous blocks (which records a shard holds never depends on
+    ``chunk``, a speed setting that may differ between runs)."""
+    if not 0 <= rank < world_size:
+        raise UserError(f"rank {rank} is outside 0..{world_size - 1}")
+    lo, hi = rank * n // world_size, (rank + 1) * n // world_size
+    return [(s, min(s + chunk, hi)) for s in range(lo, hi, chunk)]
+
+
+def remaining_tasks(tasks: list[tuple[int, int]], position: int) -> list[tuple[int, int]]:
+    """The tasks left after the first ``position`` records of ``tasks`` were consumed.
+
+    A task is cut where the position falls inside it (a resumed run may use another chunk
+    size: the chunk size is a speed setting, not part of the output's identity).
+    """
+    todo, seen = [], 0
+    for a, b in tasks:
+        if seen + (b - a) <= position:
+            seen += b - a
+            continue
+        todo.append((a + max(0, position - seen), b))
+        seen = position
+    return todo
+
+
+def run_stage(writer: DatasetWriter, fn: Callable[[tuple[int, int]], Any],
+              write: Callable[[DatasetWriter, Any], int], state: dict[str, Any], n: int,
+              config: Parallelism, desc: str, unit: str, progress: bool = True) -> int:
+    """Run ``fn`` on the records ``writer`` has not consumed yet and ``write`` each result,
+    in order (``write`` returns how many records the result covers); returns the number of
+    worker processes. On any error or Ctrl-C the writer is checkpointed for a resume.
+    """
+    from tqdm import tqdm
+
+    tasks = shard_tasks(n, config.chunk, config.rank, config.world_size)
+    total = sum(b - a for a, b in tasks)
+    todo = remaining_tasks(tasks, writer.position)
+    workers = config.workers or default_workers()
+    bar = tqdm(total=total, initial=total - sum(b - a for a, b in todo), unit=unit, desc=desc,
+               disable=not progress, dynamic_ncols=True)
+    try:
+        for result in run_ordered(fn, todo, state, min(workers, max(1, len(todo)))):
+            consumed = write(writer, result)
+            writer.advance(consumed)
+            bar.update(consumed)
+            bar.set_postfix(kept=writer.kept, dropped=sum(writer.dropped.values()),
+                            refresh=False)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            bar.close()
+    return workers
