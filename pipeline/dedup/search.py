@@ -13,10 +13,10 @@
    tuning half (one trained model): equal key or radius 3 made candidates of 69% of the crop
    near-duplicates; one-bit probing of the key and of the quarters (radius 7), 96%.
    faiss's ``IndexBinaryMultiHash`` (nflip=1) probes the same code quarters and on 1M
-   synthetic codes searched faster (35 s CPU vs our 51 s for search + confirmation + grouping,
-   ``benchmarks/dedup_scale.py``), but it scans whole buckets per query (quadratic when many
-   codes are equal, e.g. blank frames) and has no one-bit probing of the chosen key; the
-   sort-based tables keep every bucket's cost bounded by the window.
+   synthetic codes searched a little faster (35 s CPU vs our 39 s for search + confirmation +
+   grouping, ``benchmarks/dedup_scale.py``), but it scans whole buckets per query
+   (quadratic when many codes are equal, e.g. blank frames) and has no one-bit probing of
+   the chosen key; the sort-based tables keep every bucket's cost bounded by the window.
 2. Confirmation, before anything is removed: the full-code distance must be at most
    ``max_distance`` and the thumbnails must agree (``pixel_similarity``: correlation of
    band-passed, standardized 32 x 32 thumbnails, best over shifts of up to 2 px, ~6%), so a
