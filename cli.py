@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 extract_app = typer.Typer(help="Turn an image source into a dataset directory.",
                           no_args_is_help=True)
-app.add_typer(extract_app, name="extract")
+app.add_typer(extract_app, name="extract", rich_help_panel="1. Curate data")
 
 log = logging.getLogger("dcgan_curate")
 
@@ -128,78 +128,33 @@ def extract_images(
     summarize(extract(source, out, config, progress=not quiet), out, quiet)
 
 
-@app.command("train")
-def train_cmd(
-    data: Path = typer.Argument(..., help="A dataset directory, an image folder or an LSUN "
-                                "database (the last two are extracted first, cached)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory."),
-    steps: int | None = typer.Option(None, min=1, help="The run's total steps (default "
-                                     "10000; with --resume: up to this step)."),
-    epochs: float | None = typer.Option(None, min=0, help="Instead of --steps: passes "
-                                        "over the data."),
-    batch_size: int | None = typer.Option(None, min=1, help="Images per step over all "
-                                          "processes (default 128)."),
-    device: str | None = typer.Option(None, help="auto, cuda or cpu."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its "
-                                "latest valid checkpoint."),
-    resolution: int | None = typer.Option(None, help="32, 64 (default) or 128."),
-    nz: int | None = typer.Option(None, min=1, help="Length of z (default 100)."),
-    ngf: int | None = typer.Option(None, min=1, help="Generator width (default 64)."),
-    ndf: int | None = typer.Option(None, min=1, help="Discriminator width (default 64)."),
-    z_dist: str | None = typer.Option(None, help="uniform (default, the paper) or normal."),
-    lr: float | None = typer.Option(None, min=0, help="Adam learning rate (default 2e-4)."),
-    beta1: float | None = typer.Option(None, min=0, max=1, help="Adam beta1 (default 0.5)."),
-    seed: int | None = typer.Option(None, help="Seed for weights, data order, noise."),
-    flip: bool | None = typer.Option(None, "--flip/--no-flip", help="Random horizontal "
-                                     "flips of the real images (default off)."),
-    log_every: int | None = typer.Option(None, min=1, help="Steps between metrics lines."),
-    sample_every: int | None = typer.Option(None, min=1, help="Steps between sample grids."),
-    checkpoint_every: int | None = typer.Option(None, min=1, help="Steps between "
-                                                "checkpoints."),
-    keep: int | None = typer.Option(None, min=1, help="Checkpoints kept (default 3)."),
-    speed: str | None = typer.Option(None, help="CUDA step: auto, graph, compile or eager."),
-    amp: bool | None = typer.Option(None, "--amp/--no-amp", help="bf16 autocast on CUDA."),
-    dry_run: bool = DryRunOpt,
+@app.command("demo", rich_help_panel="Start here")
+def demo_cmd(
+    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Where everything goes."),
+    scenes: int = typer.Option(600, min=240, help="Scene records in the generated database."),
+    steps: int = typer.Option(600, min=1, help="DCGAN training steps."),
+    device: str = typer.Option("auto", help="auto, cuda or cpu."),
+    workers: int = WorkersOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Train the paper's DCGAN (64x64, Adam 2e-4/0.5, batch 128) on a dataset.
+    """Run every stage end to end on photos that ship with Python packages (no download).
 
-    Example: python cli.py train data/bedroom64 --out runs/bedroom --steps 20000
-    Multi-GPU: torchrun --nproc-per-node 8 cli.py train data/bedroom64 --out runs/bedroom
+    Builds an LSUN-format database with planted near-duplicates and a corrupt record, runs
+    dedup lsun on it, detect-faces on a folder of photos, a short DCGAN run on the cleaned
+    scenes, and writes a sample grid. About 2-3 minutes on 2 CPU cores.
+
+    Example: python cli.py demo --out demo-out
     """
-    from dcgan.train import resolve_config, steps_for_epochs, train
+    from dcgan.demo import DemoConfig, format_report, run_demo
 
     setup_logging(quiet)
-    if steps is not None and epochs is not None:
-        raise UserError("give --steps or --epochs, not both")
-    overrides = {"steps": steps, "batch_size": batch_size, "device": device,
-                 "resolution": resolution, "nz": nz, "ngf": ngf, "ndf": ndf, "z_dist": z_dist,
-                 "lr": lr, "beta1": beta1, "seed": seed, "flip": flip, "log_every": log_every,
-                 "sample_every": sample_every, "checkpoint_every": checkpoint_every,
-                 "keep": keep, "speed": speed, "amp": amp}
-    config = resolve_config(out, overrides, resume)
-    if epochs is not None:
-        config = config.replace(steps=steps_for_epochs(data, config, epochs, not quiet))
-    if dry_run:
-        echo_json("config", {"data": data, "out": out, "resume": resume, **config.to_dict()})
-        return
-    result = train(data, out, config, resume=resume, progress=not quiet)
-    if result["status"] == "interrupted":
-        typer.secho(f"Interrupted at step {result['step']}: saved {result['checkpoint']}. "
-                    f"Continue with: --resume --out {out}", err=True)
-        sys.exit(130)
-    if not quiet and result["rank"] == 0:
-        m = result["metrics"]
-        losses = (f" loss_d {m['loss_d']:.3f}, loss_g {m['loss_g']:.3f}, D(x) {m['d_real']:.2f}"
-                  f", D(G(z)) {m['d_fake']:.2f}." if m else "")
-        typer.echo(f"Trained {result['steps_run']} steps to step {result['step']} in "
-                   f"{result['seconds']:.1f}s ({result['img_per_s']:.0f} img/s, "
-                   f"{result['device']} x{result['world_size']}, {result['speed']}"
-                   f"{'' if result['in_sync'] else ', PROCESSES OUT OF SYNC'}).{losses} "
-                   f"Wrote {out}")
+    report = run_demo(out, DemoConfig(scenes=scenes, steps=steps, device=device,
+                                      workers=workers), progress=not quiet)
+    if not quiet:
+        typer.echo(format_report(report))
 
 
-@app.command("detect-faces")
+@app.command("detect-faces", rich_help_panel="1. Curate data")
 def detect_faces_cmd(
     src: Path = typer.Argument(..., help="A folder of photos (recursive), an LMDB, or a "
                                "dataset directory."),
@@ -251,7 +206,7 @@ def detect_faces_cmd(
                    + ("" if stats["kept"] else " No faces kept: the dataset is empty."))
 
 
-@app.command("dedup")
+@app.command("dedup", rich_help_panel="1. Curate data")
 def dedup_cmd(
     sources: list[str] = typer.Argument(..., help="A dataset directory, or `lsun` followed "
                                         "by LSUN databases (or roots with --category)."),
@@ -352,7 +307,78 @@ def _save_result(result: dict[str, Any], out: Path | None, name: str) -> None:
     write_json(path, result)
 
 
-@app.command("sample")
+@app.command("train", rich_help_panel="2. Train")
+def train_cmd(
+    data: Path = typer.Argument(..., help="A dataset directory, an image folder or an LSUN "
+                                "database (the last two are extracted first, cached)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory."),
+    steps: int | None = typer.Option(None, min=1, help="The run's total steps (default "
+                                     "10000; with --resume: up to this step)."),
+    epochs: float | None = typer.Option(None, min=0, help="Instead of --steps: passes "
+                                        "over the data."),
+    batch_size: int | None = typer.Option(None, min=1, help="Images per step over all "
+                                          "processes (default 128)."),
+    device: str | None = typer.Option(None, help="auto, cuda or cpu."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its "
+                                "latest valid checkpoint."),
+    resolution: int | None = typer.Option(None, help="32, 64 (default) or 128."),
+    nz: int | None = typer.Option(None, min=1, help="Length of z (default 100)."),
+    ngf: int | None = typer.Option(None, min=1, help="Generator width (default 64)."),
+    ndf: int | None = typer.Option(None, min=1, help="Discriminator width (default 64)."),
+    z_dist: str | None = typer.Option(None, help="uniform (default, the paper) or normal."),
+    lr: float | None = typer.Option(None, min=0, help="Adam learning rate (default 2e-4)."),
+    beta1: float | None = typer.Option(None, min=0, max=1, help="Adam beta1 (default 0.5)."),
+    seed: int | None = typer.Option(None, help="Seed for weights, data order, noise."),
+    flip: bool | None = typer.Option(None, "--flip/--no-flip", help="Random horizontal "
+                                     "flips of the real images (default off)."),
+    log_every: int | None = typer.Option(None, min=1, help="Steps between metrics lines."),
+    sample_every: int | None = typer.Option(None, min=1, help="Steps between sample grids."),
+    checkpoint_every: int | None = typer.Option(None, min=1, help="Steps between "
+                                                "checkpoints."),
+    keep: int | None = typer.Option(None, min=1, help="Checkpoints kept (default 3)."),
+    speed: str | None = typer.Option(None, help="CUDA step: auto, graph, compile or eager."),
+    amp: bool | None = typer.Option(None, "--amp/--no-amp", help="bf16 autocast on CUDA."),
+    dry_run: bool = DryRunOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Train the paper's DCGAN (64x64, Adam 2e-4/0.5, batch 128) on a dataset.
+
+    Example: python cli.py train data/bedroom64 --out runs/bedroom --steps 20000
+    Multi-GPU: torchrun --nproc-per-node 8 cli.py train data/bedroom64 --out runs/bedroom
+    """
+    from dcgan.train import resolve_config, steps_for_epochs, train
+
+    setup_logging(quiet)
+    if steps is not None and epochs is not None:
+        raise UserError("give --steps or --epochs, not both")
+    overrides = {"steps": steps, "batch_size": batch_size, "device": device,
+                 "resolution": resolution, "nz": nz, "ngf": ngf, "ndf": ndf, "z_dist": z_dist,
+                 "lr": lr, "beta1": beta1, "seed": seed, "flip": flip, "log_every": log_every,
+                 "sample_every": sample_every, "checkpoint_every": checkpoint_every,
+                 "keep": keep, "speed": speed, "amp": amp}
+    config = resolve_config(out, overrides, resume)
+    if epochs is not None:
+        config = config.replace(steps=steps_for_epochs(data, config, epochs, not quiet))
+    if dry_run:
+        echo_json("config", {"data": data, "out": out, "resume": resume, **config.to_dict()})
+        return
+    result = train(data, out, config, resume=resume, progress=not quiet)
+    if result["status"] == "interrupted":
+        typer.secho(f"Interrupted at step {result['step']}: saved {result['checkpoint']}. "
+                    f"Continue with: --resume --out {out}", err=True)
+        sys.exit(130)
+    if not quiet and result["rank"] == 0:
+        m = result["metrics"]
+        losses = (f" loss_d {m['loss_d']:.3f}, loss_g {m['loss_g']:.3f}, D(x) {m['d_real']:.2f}"
+                  f", D(G(z)) {m['d_fake']:.2f}." if m else "")
+        typer.echo(f"Trained {result['steps_run']} steps to step {result['step']} in "
+                   f"{result['seconds']:.1f}s ({result['img_per_s']:.0f} img/s, "
+                   f"{result['device']} x{result['world_size']}, {result['speed']}"
+                   f"{'' if result['in_sync'] else ', PROCESSES OUT OF SYNC'}).{losses} "
+                   f"Wrote {out}")
+
+
+@app.command("sample", rich_help_panel="3. The paper's experiments")
 def sample_cmd(
     run: Path = RunArg,
     out: Path = typer.Option(..., "--out", "-o", help="A .png grid, or a folder for single "
@@ -376,7 +402,7 @@ def sample_cmd(
         typer.echo(f"Wrote {n} samples: {result.get('folder', result['grid'])}")
 
 
-@app.command("interpolate")
+@app.command("interpolate", rich_help_panel="3. The paper's experiments")
 def interpolate_cmd(
     run: Path = RunArg,
     out: Path = typer.Option(..., "--out", "-o", help="The grid .png (a .gif goes beside it), "
@@ -405,7 +431,7 @@ def interpolate_cmd(
                    f"({r['frames']} frames, {'slerp' if r['spherical'] else 'linear'})")
 
 
-@app.command("arithmetic")
+@app.command("arithmetic", rich_help_panel="3. The paper's experiments")
 def arithmetic_cmd(
     run: Path = RunArg,
     out: Path = typer.Option(..., "--out", "-o", help="Folder for candidates.png and "
@@ -434,7 +460,7 @@ def arithmetic_cmd(
             f" and {r['grid']}" if "grid" in r else "; pick --a/--b/--c ids from it"))
 
 
-@app.command("filters")
+@app.command("filters", rich_help_panel="3. The paper's experiments")
 def filters_cmd(
     run: Path = RunArg,
     out: Path = typer.Option(..., "--out", "-o", help="A .png sheet or a folder."),
@@ -471,7 +497,7 @@ def filters_cmd(
                    "of a random-weight D")
 
 
-@app.command("features")
+@app.command("features", rich_help_panel="3. The paper's experiments")
 def features_cmd(
     run: Path = RunArg,
     data: str = typer.Option("fashion-mnist", "--data", help="'fashion-mnist' (Debian "
@@ -501,7 +527,7 @@ def features_cmd(
                        "discriminator", "random_discriminator", "pixels")))
 
 
-@app.command("fid")
+@app.command("fid", rich_help_panel="3. The paper's experiments")
 def fid_cmd(
     run: Path = RunArg,
     data: str = typer.Option(..., "--data", help="Real images: a dataset directory, an image "
@@ -536,7 +562,7 @@ def fid_cmd(
                    f"{len(evaluator.real)} real images, {r['seconds']}s)")
 
 
-@app.command("memorization")
+@app.command("memorization", rich_help_panel="3. The paper's experiments")
 def memorization_cmd(
     run: Path = RunArg,
     data: Path = typer.Option(..., "--data", help="The training dataset directory."),
@@ -575,32 +601,6 @@ def memorization_cmd(
                    f"training image: Hamming {g['median']:g}, pixels RMS {pg['median']:g} "
                    f"(training images to each other: {t['median']:g}, {pt['median']:g}). "
                    f"Wrote {r['sheet']}")
-
-
-@app.command("demo")
-def demo_cmd(
-    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Where everything goes."),
-    scenes: int = typer.Option(600, min=240, help="Scene records in the generated database."),
-    steps: int = typer.Option(300, min=1, help="DCGAN training steps."),
-    device: str = typer.Option("auto", help="auto, cuda or cpu."),
-    workers: int = WorkersOpt,
-    quiet: bool = QuietOpt,
-) -> None:
-    """Run every stage end to end on photos that ship with Python packages (no download).
-
-    Builds an LSUN-format database with planted near-duplicates and a corrupt record, runs
-    dedup lsun on it, detect-faces on a folder of photos, a short DCGAN run on the cleaned
-    scenes, and writes a sample grid. About 2-3 minutes on 2 CPU cores.
-
-    Example: python cli.py demo --out demo-out
-    """
-    from dcgan.demo import DemoConfig, format_report, run_demo
-
-    setup_logging(quiet)
-    report = run_demo(out, DemoConfig(scenes=scenes, steps=steps, device=device,
-                                      workers=workers), progress=not quiet)
-    if not quiet:
-        typer.echo(format_report(report))
 
 
 def main() -> None:
