@@ -56,3 +56,38 @@ def lsun_db(tmp_path_factory, lsun_records, photos):
     """A real LMDB: 25 valid records (WebP, JPEG, an odd key) and 5 corrupt ones."""
     path = tmp_path_factory.mktemp("lsun") / "bedroom_train_lmdb"
     return write_lmdb(path, lsun_records + bad_records(photos[1]))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Two cores shared by many jobs: one intra-op thread is faster than two here."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def jpeg_folder(tmp_path_factory, photos):
+    """60 JPEG files: random crops of the package photos (an image folder to train on)."""
+    root = tmp_path_factory.mktemp("jpegs") / "photos"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        (root / f"{i:03d}.jpg").write_bytes(
+            encode(random_view(photos[i % len(photos)], rng, short_side=80), "jpeg", 90))
+    return root
+
+
+@pytest.fixture(scope="module")
+def data32(jpeg_folder, tmp_path_factory):
+    """The folder through the real extraction stage: a 32 px dataset directory."""
+    from pipeline.extract import ExtractConfig, extract
+    from pipeline.sources import FolderSource
+
+    out = tmp_path_factory.mktemp("data") / "photos32"
+    extract(FolderSource(jpeg_folder), out, ExtractConfig(resolution=32, workers=1),
+            progress=False)
+    return out

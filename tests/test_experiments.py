@@ -30,13 +30,7 @@ TINY = TrainConfig(resolution=32, nz=16, ngf=16, ndf=16, batch_size=32, steps=40
                    device="cpu", log_every=20, sample_every=40, checkpoint_every=40)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two cores shared by many: one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,7 @@ from dcgan.checkpoint import (
 from dcgan.models import Discriminator, Generator, build_models, weights_init
 from pipeline.errors import UserError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("res,blocks", [(32, 3), (64, 4), (128, 5)])

@@ -22,41 +22,11 @@ from dcgan.models import build_models
 from dcgan.train import Trainer, TrainingDiverged, resolve_config, train
 from pipeline.dataset import Dataset
 from pipeline.errors import UserError
-from pipeline.extract import ExtractConfig, extract
-from pipeline.samples import encode, random_view
-from pipeline.sources import FolderSource
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = {"resolution": 32, "nz": 16, "ngf": 8, "ndf": 8, "batch_size": 16, "device": "cpu",
         "log_every": 2, "sample_every": 2, "checkpoint_every": 2}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two cores shared by many: one intra-op thread is faster than two here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def jpeg_folder(tmp_path_factory, photos):
-    """60 JPEG files: random crops of the package photos (an image folder to train on)."""
-    root = tmp_path_factory.mktemp("jpegs")
-    rng = np.random.default_rng(0)
-    for i in range(60):
-        (root / f"{i:03d}.jpg").write_bytes(
-            encode(random_view(photos[i % len(photos)], rng, short_side=80), "jpeg", 90))
-    return root
-
-
-@pytest.fixture(scope="module")
-def data32(jpeg_folder, tmp_path_factory):
-    """The folder through the real extraction stage: a 32 px dataset directory."""
-    out = tmp_path_factory.mktemp("data") / "photos32"
-    extract(FolderSource(jpeg_folder), out, ExtractConfig(resolution=32, workers=1),
-            progress=False)
-    return out
 
 
 def _equal_state(a, b) -> bool:

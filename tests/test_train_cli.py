@@ -16,9 +16,6 @@ import pytest
 from dcgan.checkpoint import list_checkpoints, load_checkpoint
 from pipeline.dataset import DatasetWriter
 from pipeline.errors import UserError
-from pipeline.extract import ExtractConfig, extract
-from pipeline.samples import encode, random_view
-from pipeline.sources import FolderSource
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--resolution", "32", "--nz", "16", "--ngf", "8", "--ndf", "8", "--batch-size", "16",
@@ -47,25 +44,6 @@ def invoke(*args: str):
 def user_error(result) -> str:
     assert isinstance(result.exception, UserError), result.output
     return str(result.exception)
-
-
-@pytest.fixture(scope="module")
-def jpeg_folder(tmp_path_factory, photos):
-    root = tmp_path_factory.mktemp("jpegs") / "photos"
-    root.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(40):
-        (root / f"{i:03d}.jpg").write_bytes(
-            encode(random_view(photos[i % len(photos)], rng, short_side=72), "jpeg", 90))
-    return root
-
-
-@pytest.fixture(scope="module")
-def data32(jpeg_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "photos32"
-    extract(FolderSource(jpeg_folder), out, ExtractConfig(resolution=32, workers=1),
-            progress=False)
-    return out
 
 
 def test_ctrl_c_saves_and_resume_continues(data32, tmp_path):
@@ -108,7 +86,7 @@ def test_image_folder_is_extracted_and_cached(jpeg_folder, tmp_path):
                                                       "--epochs", "1"))
     r = invoke("train", jpeg_folder, "--epochs", "0.8", *TINY[:-1], "--out", tmp_path / "b")
     assert r.exit_code == 0, r.output
-    assert "to step 2" in r.output  # 40 images, 16 a step: 0.8 epochs = 2 steps
+    assert "to step 3" in r.output  # 60 images, 16 a step: 0.8 epochs = 3 steps
     assert "already finished" in r.output  # the cached extraction is reused
 
 
