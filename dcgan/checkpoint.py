@@ -40,6 +40,8 @@ class TrainConfig:
     log_every: int = 50  # steps between metrics lines (the only time losses are read back)
     sample_every: int = 500  # steps between sample grids from the fixed noise batch
     checkpoint_every: int = 1000  # steps between checkpoints
+    fid_every: int = 0  # steps between FID/KID measurements in metrics.jsonl (0 = never)
+    fid_n: int = 2000  # images on each side of those FID/KID measurements
     keep: int = 3  # checkpoints kept (the newest)
     device: str = "auto"  # "auto" (CUDA when present), "cuda" or "cpu"
     speed: str = "auto"  # CUDA step: "graph" (CUDA graph), "compile" (+torch.compile), "eager"
@@ -59,6 +61,8 @@ class TrainConfig:
             (min(self.nz, self.ngf, self.ndf, self.batch_size, self.steps, self.keep,
                  self.log_every, self.sample_every, self.checkpoint_every) >= 1,
              "nz, ngf, ndf, batch size, steps, keep and the intervals must be at least 1"),
+            (self.fid_every >= 0 and self.fid_n >= 2,
+             "fid-every must be 0 (off) or more, and fid-n at least 2"),
             (self.lr > 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
              "lr must be positive and the betas in [0, 1)"),
         ]

@@ -129,6 +129,11 @@ def _train(data, out: Path, config: TrainConfig, resume: bool, progress: bool,
     run.save_config(config.to_dict(), str(data))
     run.truncate_metrics(trainer.step)
     fixed = sample_z(64, config, torch.Generator().manual_seed(mix_seed(config.seed, "fixed")))
+    fid = None
+    if config.fid_every and dist.main:  # real images embedded once, before the first step
+        from dcgan.fid import FidEvaluator
+
+        fid = FidEvaluator(images, n=config.fid_n, device=str(device), seed=config.seed)
     start_step, t_start = trainer.step, time.monotonic()
     last = {"step": trainer.step, "t": t_start, "saved": -1}
     status, metrics = "finished", {}
@@ -162,7 +167,9 @@ def _train(data, out: Path, config: TrainConfig, resume: bool, progress: bool,
                 trainer.train_step()
                 bar.update(1)
                 s = trainer.step
-                logging_now = s % config.log_every == 0 or s == config.steps
+                fid_now = bool(config.fid_every) and (s % config.fid_every == 0
+                                                      or s == config.steps)
+                logging_now = s % config.log_every == 0 or s == config.steps or fid_now
                 if logging_now:
                     since = last["step"]
                     metrics = trainer.read_metrics()
@@ -173,6 +180,11 @@ def _train(data, out: Path, config: TrainConfig, resume: bool, progress: bool,
                     metrics = {"step": s, **{k: round(v, 5) for k, v in metrics.items()},
                                "img_per_s": round(rate, 1), "epoch": round(
                                    trainer.order.epoch(s), 3)}
+                    if fid is not None and fid_now:
+                        try:
+                            metrics.update(fid(trainer.G, config))
+                        finally:
+                            trainer.G.train()
                     run.log(metrics)
                     bar.set_postfix(loss_d=metrics["loss_d"], loss_g=metrics["loss_g"],
                                     refresh=False)

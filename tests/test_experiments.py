@@ -341,3 +341,20 @@ def test_memorization_catches_a_copying_generator(run, fm32, tmp_path):
     assert res["exact_code_matches"] == 50 and res["key_collisions"] == 50
     assert res["nearest_hamming_generated"]["median"] == 0
     assert res["nearest_pixel_rms_generated"]["median"] < 1
+
+
+def test_fid_every_n_steps_during_training(fm32, tmp_path):
+    """`train --fid-every`: FID/KID land in metrics.jsonl at those steps (real Inception)."""
+    from dcgan.train import train
+
+    run = tmp_path / "run"
+    config = TINY.replace(steps=4, log_every=3, fid_every=2, fid_n=4, sample_every=4,
+                          checkpoint_every=4)
+    train(fm32, run, config, progress=False)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    by_step = {m["step"]: m for m in lines}
+    assert sorted(by_step) == [2, 3, 4]  # log steps plus the FID steps
+    for s in (2, 4):
+        assert 1 < by_step[s]["fid"] < 2000 and np.isfinite(by_step[s]["kid_x1000"])
+    assert "fid" not in by_step[3]
+    assert (run / "loss.png").stat().st_size > 1000
