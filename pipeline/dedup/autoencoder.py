@@ -76,6 +76,23 @@ def standardize(x: torch.Tensor) -> torch.Tensor:
     return flat / flat.std(dim=1, keepdim=True).clamp_min(0.02)
 
 
+def _dropout(p: float, device: str, rng: np.random.Generator):
+    """The denoising corruption: dropout with rate ``p`` (kept values scaled by 1/(1-p)).
+
+    On the CPU the mask comes from NumPy's generator: torch's CPU Bernoulli sampling took
+    15 ms per 256 x 3072 batch here, a third of the training time; NumPy's takes 4 ms.
+    """
+    if device != "cpu":
+        return nn.Dropout(p)
+    scale = 1.0 / (1.0 - p) if p < 1 else 0.0
+
+    def corrupt(x: torch.Tensor) -> torch.Tensor:
+        keep = torch.from_numpy(rng.random(tuple(x.shape), dtype=np.float32) >= p)
+        return x * keep * scale
+
+    return corrupt
+
+
 class Autoencoder(nn.Module):
     """3072 -> 128 (ReLU code) -> 3072; carries the 32 key units chosen on its training data."""
 
@@ -144,7 +161,7 @@ def train_autoencoder(thumbs: np.ndarray, config: AutoencoderConfig | None = Non
     model = Autoencoder(config.code_bits).to(device)
     model.config = asdict(config)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    drop = nn.Dropout(config.dropout)
+    corrupt = _dropout(config.dropout, device, rng)
     steps_per_epoch = max(1, int(np.ceil(len(x) / config.batch_size)))
     bar = tqdm(total=config.epochs * steps_per_epoch, desc="autoencoder", unit="step",
                disable=not progress, dynamic_ncols=True)
@@ -155,7 +172,7 @@ def train_autoencoder(thumbs: np.ndarray, config: AutoencoderConfig | None = Non
         total, count = 0.0, 0
         for s in range(steps_per_epoch):
             batch = x[order[s * config.batch_size:(s + 1) * config.batch_size]]
-            loss = nn.functional.mse_loss(model(drop(batch)), batch)  # clean target
+            loss = nn.functional.mse_loss(model(corrupt(batch)), batch)  # clean target
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
