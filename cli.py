@@ -287,10 +287,8 @@ SeedOpt = typer.Option(0, "--seed", help="Seeds z: the same seed gives the same 
 def _load_run(run: Path, device: str, discriminator: bool = False) -> tuple[Any, Any, str]:
     """(network, its TrainConfig, resolved device) of a run or checkpoint."""
     from dcgan.checkpoint import load_discriminator, load_generator
-    from dcgan.sampling import resolve_device
+    from pipeline.devices import resolve_device
 
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise UserError(f"--device must be auto, cuda or cpu (got {device!r})")
     device = resolve_device(device)
     net, config = (load_discriminator if discriminator else load_generator)(run, device)
     return net, config, device

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.errors import UserError
+from pipeline.devices import resolve_device
 
 
 @dataclass(frozen=True)
@@ -25,14 +25,9 @@ class Dist:
         return self.rank == 0
 
 
-def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> CUDA when available; 'cuda' without a GPU is a clear error."""
-    if pref not in ("auto", "cuda", "cpu"):
-        raise UserError(f"--device must be auto, cuda or cpu (got {pref!r})")
-    if pref == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available "
-                        "(torch.cuda.is_available() is False); use --device cpu")
-    if pref == "cpu" or not torch.cuda.is_available():
+def local_device(pref: str, local_rank: int = 0) -> torch.device:
+    """This process's device: ``resolve_device``'s choice, CUDA on the local rank's GPU."""
+    if resolve_device(pref) == "cpu":
         return torch.device("cpu")
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
@@ -41,7 +36,7 @@ def init(device_pref: str) -> tuple[Dist, torch.device]:
     """Join the process group torchrun describes (env vars); a plain run is world size 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dist = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-    device = resolve_device(device_pref, dist.local_rank)
+    device = local_device(device_pref, dist.local_rank)
     if dist.enabled and not torch.distributed.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

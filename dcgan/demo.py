@@ -25,7 +25,6 @@ from pipeline.dataset import read_jsonl, write_json
 log = logging.getLogger(__name__)
 
 # Photos with faces among Debian opencv-doc's examples (used when installed).
-OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 FACE_PHOTOS = ("messi5.jpg", "lena.jpg")
 
 
@@ -80,7 +79,7 @@ def build_scene_db(path: Path, config: DemoConfig) -> dict[str, Any]:
 
 def build_face_folder(path: Path) -> list[str]:
     """Photos with faces (astronaut, OpenCV's samples) and without (cat, coffee, rocket)."""
-    from pipeline.samples import encode, package_photos
+    from pipeline.samples import OPENCV_DATA, encode, package_photos
 
     path.mkdir(parents=True, exist_ok=True)
     photos = dict(package_photos())

@@ -20,17 +20,6 @@ from pipeline.sheets import make_sheet, save_png, save_sheet
 log = logging.getLogger(__name__)
 
 
-def resolve_device(device: str = "auto") -> str:
-    """'auto' means CUDA when present, else the CPU."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA GPU is available")
-    return device
-
-
 def latents(n: int, config: Any, seed: int = 0):
     """``n`` latent vectors (n, nz) from the run's prior, reproducible from ``seed``."""
     import torch

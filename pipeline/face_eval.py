@@ -15,8 +15,9 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.face_detectors import iou
+from pipeline.samples import OPENCV_DATA
 
-ROOTS = {"opencv-data": Path("/usr/share/doc/opencv-doc/examples/data"),
+ROOTS = {"opencv-data": OPENCV_DATA,
          "opencv-html": Path("/usr/share/doc/opencv-doc/opencv4/html")}
 ANNOTATIONS = Path(__file__).resolve().parents[1] / "tests" / "data" / "faces" / "boxes.json"
 

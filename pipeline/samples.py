@@ -12,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+# Debian opencv-doc's example photos (some with faces), used where installed.
+OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
+
 _SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
                    "immunohistochemistry", "retina", "colorwheel")
 

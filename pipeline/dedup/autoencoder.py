@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.devices import resolve_device
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -113,17 +114,6 @@ class Autoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encode(x))
-
-
-def resolve_device(device: str = "auto") -> str:
-    """'auto' -> 'cuda' when a GPU is usable, else 'cpu'; a missing GPU is a clear error."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"device must be auto, cpu or cuda (got {device!r})")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available")
-    return device
 
 
 def _check_thumbs(thumbs: np.ndarray) -> None:

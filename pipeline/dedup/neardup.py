@@ -8,17 +8,15 @@ encoded again, so it goes through the same decoding path as any record.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from pipeline.samples import encode, package_photos
+from pipeline.samples import OPENCV_DATA, encode, package_photos
 
 KINDS = ("exact", "reencode", "rescale", "crop", "brightness", "watermark")
 
 # Colour photos among OpenCV's sample data (Debian opencv-doc); of each stereo pair or
 # before/after pair only one is taken, so that no two photos are near-duplicates themselves.
-OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 OPENCV_PHOTOS = ("apple.jpg", "baboon.jpg", "board.jpg", "building.jpg", "butterfly.jpg",
                  "fruits.jpg", "home.jpg", "HappyFish.jpg", "left.jpg", "leuvenA.jpg",
                  "licenseplate_motion.jpg", "messi5.jpg", "orange.jpg", "pca_test1.jpg",

@@ -65,11 +65,11 @@ def _hash(ds: Dataset, thumbs: np.ndarray, config: DedupConfig, hash_dir: Path,
     from pipeline.dedup.autoencoder import (
         AutoencoderConfig,
         load_autoencoder,
-        resolve_device,
         save_autoencoder,
         train_autoencoder,
     )
     from pipeline.dedup.hashing import hash_thumbs
+    from pipeline.devices import resolve_device
 
     ident = {k: v for k, v in config.identity(ds.root).items() if k != "search"}
     ident["input_finished"] = (ds.root / "COMPLETE").read_text().strip()
