@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 HASH_DIR = "hash"  # cached model, codes and keys (kept across --overwrite)
 EXTRACTED_DIR = "extracted"  # the extraction cache of `dedup lsun`
+_WRITE_BLOCK = 1024  # items written between commit points (a commit per item cost 30 us)
 
 
 @dataclass(frozen=True)
@@ -165,19 +166,22 @@ def dedup(dataset: str | Path, out: str | Path, config: DedupConfig = DedupConfi
         carried = 0 if writer.position else _carry_drops(writer, dataset)
         bar = tqdm(total=n, initial=writer.position, desc="write", unit="img",
                    disable=not progress, dynamic_ncols=True)
-        for i in range(writer.position, n):
-            item = manifest[i]
-            if dup_of[i] < 0:
-                meta_fields = {k: v for k, v in item.items() if k not in ("id", "key")}
-                writer.add(item["key"], {k: a[i] for k, a in arrays.items()},
-                           **meta_fields, source_id=i)
-            else:
-                writer.drop(item["key"], "duplicate", file="duplicates",
-                            duplicate_of=manifest[dup_of[i]]["key"],
-                            distance=int(result.distance[i]),
-                            similarity=round(float(result.similarity[i]), 4))
-            writer.advance()
-            bar.update(1)
+        rows = {k: np.asarray(a) for k, a in arrays.items()}  # plain views: no memmap overhead
+        for start in range(writer.position, n, _WRITE_BLOCK):
+            block = range(start, min(n, start + _WRITE_BLOCK))
+            for i in block:
+                item = manifest[i]
+                if dup_of[i] < 0:
+                    meta_fields = {k: v for k, v in item.items() if k not in ("id", "key")}
+                    writer.add(item["key"], {k: a[i] for k, a in rows.items()},
+                               **meta_fields, source_id=i)
+                else:
+                    writer.drop(item["key"], "duplicate", file="duplicates",
+                                duplicate_of=manifest[dup_of[i]]["key"],
+                                distance=int(result.distance[i]),
+                                similarity=round(float(result.similarity[i]), 4))
+            writer.advance(len(block))  # a commit point per block, not per item
+            bar.update(len(block))
         bar.close()
         pictures = arrays.get("images", arrays["thumbs"])
         _review_sheet(writer.path("review.png"), pictures, manifest, dup_of,
