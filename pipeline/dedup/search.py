@@ -197,12 +197,31 @@ def _similarity(x: np.ndarray, y: np.ndarray, max_shift: int,
         best[b:b + block] = np.einsum("ij,ij->i", centres[0][p[:, 0]], centres[1][p[:, 1]])
     todo = np.arange(len(pairs)) if decided is None else \
         np.flatnonzero((best >= decided[0]) & (best < decided[1]))
-    if s > 0:
-        for k in todo.tolist():
+    def search(part: np.ndarray) -> None:
+        for k in part.tolist():
             i, j = pairs[k]
             best[k] = cv2.matchTemplate(x[i], y[j, s:32 - s, s:32 - s],
                                         cv2.TM_CCORR_NORMED).max()
+
+    if s > 0:
+        _in_threads(search, todo)
     return best
+
+
+def _in_threads(fn, items: np.ndarray) -> list:
+    """``[fn(part) for part in parts]`` over one contiguous part of ``items`` per core, in
+    threads (OpenCV and NumPy release the GIL): the search runs after extraction, when
+    every core is free."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.runner import default_workers
+
+    n = min(default_workers(), max(1, len(items) // 256))
+    parts = np.array_split(items, n)
+    if n == 1:
+        return [fn(parts[0])]
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(fn, parts))
 
 
 def pixel_similarity(a: np.ndarray, b: np.ndarray, max_shift: int = 2) -> np.ndarray:
@@ -229,7 +248,7 @@ def confirm(pairs: np.ndarray, codes: np.ndarray, thumbs, config: SearchConfig
         if len(p) == 0:
             continue
         items, inv = np.unique(p, return_inverse=True)  # each thumbnail prepared once
-        prepared = _prepare(thumbs[items])
+        prepared = np.concatenate(_in_threads(lambda part: _prepare(thumbs[part]), items))
         sim = _similarity(prepared, prepared, config.max_shift,
                           decided=(0.5, config.min_similarity), pairs=inv.reshape(p.shape))
         ok = sim >= config.min_similarity
