@@ -217,8 +217,7 @@ def dedup_cmd(
     train_limit: int = typer.Option(20000, min=1, help="Train on a random subset of this "
                                     "many images when the data is larger."),
     device: str = typer.Option("auto", help="auto, cuda or cpu."),
-    radius: int = typer.Option(7, min=0, max=7, help="Full-code Hamming radius searched."),
-    max_distance: int = typer.Option(32, min=0, max=128, help="Confirm only pairs whose "
+    max_distance: int = typer.Option(12, min=0, max=128, help="Compare only pairs whose "
                                      "128-bit codes differ in at most this many bits."),
     min_similarity: float = typer.Option(0.90, min=-1.0, max=1.0, help="Confirm only pairs "
                                          "whose thumbnails correlate at least this much."),
@@ -249,7 +248,7 @@ def dedup_cmd(
     config = DedupConfig(
         model=str(model) if model else None, epochs=epochs, train_limit=train_limit,
         device=device, seed=seed, limit=None if is_lsun else limit, overwrite=overwrite,
-        search=SearchConfig(radius=radius, max_distance=max_distance,
+        search=SearchConfig(max_distance=max_distance,
                             min_similarity=min_similarity))
     if is_lsun:
         from pipeline.extract import ExtractConfig

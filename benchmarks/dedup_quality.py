@@ -28,16 +28,22 @@ from pipeline.dedup.neardup import KINDS, all_photos, make_neardup_set  # noqa: 
 from pipeline.dedup.search import group  # noqa: E402
 
 
-def score(dup_of: np.ndarray, truth: np.ndarray, kinds: list[str]) -> dict:
-    """Precision of removals, overall recall, and recall per edit kind."""
+def score(dup_of: np.ndarray, truth: np.ndarray, kinds: list[str],
+          photo: np.ndarray | None = None) -> dict:
+    """Precision of removals, overall recall, recall per edit kind, and the false removals
+    (``false_same_photo``: of those, tiles cut from the same photo as their representative)."""
     n = len(truth)
     rep = np.where(dup_of >= 0, dup_of, np.arange(n))
     removed = dup_of >= 0
     correct = removed & (truth[rep] == truth)
     removable = n - len(np.unique(truth))
+    false = removed & ~correct
     out = {"removed": int(removed.sum()),
            "precision": float(correct.sum() / max(1, removed.sum())),
-           "recall": float(correct.sum() / max(1, removable))}
+           "recall": float(correct.sum() / max(1, removable)),
+           "false": int(false.sum()),
+           "false_same_photo": int((false & (photo[rep] == photo)).sum())
+           if photo is not None else 0}
     kinds_arr = np.array(kinds)
     originals = {int(truth[i]): i for i in np.flatnonzero(kinds_arr == "original")}
     for k in KINDS:
@@ -79,6 +85,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=None, help="autoencoder epochs override")
+    ap.add_argument("--sheet", type=Path, default=None,
+                    help="save our false removals (removed | kept) to this PNG")
     args = ap.parse_args()
 
     import torch
@@ -113,6 +121,8 @@ def main() -> None:
     t_ours = time.perf_counter() - t0
     rows.append(("semantic hash (ours)", res.duplicate_of, n / t_ours,
                  f"+ {t_train:.1f} s training; {res.candidates} candidate pairs"))
+    if args.sheet:
+        _false_sheet(args.sheet, ds, res.duplicate_of)
 
     for method in ("phash", "dhash"):
         t0 = time.perf_counter()
@@ -136,16 +146,30 @@ def main() -> None:
             first[h] = i
     rows.append(("exact bytes (sha1)", dup_of, n / (time.perf_counter() - t0), ""))
 
-    head = f"{'method':<22}{'precision':>10}{'recall':>8}" + "".join(
+    head = f"{'method':<22}{'precision':>10}{'recall':>8}{'false':>7}{'same':>6}" + "".join(
         f"{k[:9]:>10}" for k in KINDS) + f"{'img/s':>10}  note"
     print(head)
     print("-" * len(head))
     for name, dup_of, rate, note in rows:
-        s = score(dup_of, ds.group, ds.kind)
-        print(f"{name:<22}{s['precision']:>10.3f}{s['recall']:>8.3f}" + "".join(
-            f"{s[k]:>10.3f}" for k in KINDS) + f"{rate:>10.0f}  {note}")
-    print("\nimg/s: hashing + search, decoding excluded (thumbnails are made once by "
+        s = score(dup_of, ds.group, ds.kind, ds.photo)
+        print(f"{name:<22}{s['precision']:>10.3f}{s['recall']:>8.3f}{s['false']:>7}"
+              f"{s['false_same_photo']:>6}" + "".join(f"{s[k]:>10.3f}" for k in KINDS)
+              + f"{rate:>10.0f}  {note}")
+    print("\nfalse: removals of a distinct image; same: of those, two tiles of the same photo "
+          "(neighbouring or nested tiles of a low-detail photo: look alike by eye, --sheet)."
+          "\nimg/s: hashing + search, decoding excluded (thumbnails are made once by "
           "extraction); ours excludes training, reported in the note.")
+
+
+def _false_sheet(path: Path, ds, dup_of: np.ndarray) -> None:
+    """The false removals side by side (removed left, its representative right), at 64 px."""
+    from pipeline.sheets import save_sheet
+
+    false = [i for i in np.flatnonzero(dup_of >= 0) if ds.group[i] != ds.group[dup_of[i]]]
+    tiles = [prepare(ds.data[k], 64)[0] for i in false for k in (i, dup_of[i])]
+    if tiles:
+        save_sheet(tiles, path, ncol=8, cell=96)
+        print(f"{len(false)} false removals: {path}")
 
 
 if __name__ == "__main__":

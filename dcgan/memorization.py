@@ -115,6 +115,7 @@ def memorization(G, gconfig: Any, dataset: str | Path, out: str | Path,
     sample_thumbs = np.stack([resize(s, THUMB) for s in samples])
     train_codes, train_keys = hash_thumbs(model, np.asarray(thumbs))
     codes, keys = hash_thumbs(model, sample_thumbs)
+    train_keys, keys = train_keys[:, 0], keys[:, 0]  # the primary 32-bit key (the design's)
 
     collide = np.isin(keys, train_keys)
     dist, _ = nearest_codes(codes, train_codes, 1)

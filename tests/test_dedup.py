@@ -17,7 +17,13 @@ from pipeline.dedup import (
     save_autoencoder,
     train_autoencoder,
 )
-from pipeline.dedup.hashing import choose_key_units, keys_from_bits, pack_codes, unpack_codes
+from pipeline.dedup.hashing import (
+    choose_key_groups,
+    choose_key_units,
+    keys_from_bits,
+    pack_codes,
+    unpack_codes,
+)
 from pipeline.dedup.neardup import make_neardup_set
 from pipeline.dedup.search import candidate_pairs, group, pixel_similarity
 from pipeline.errors import UserError
@@ -52,12 +58,13 @@ def test_training_hashing_and_keys(neardups, model):
     assert model.config["final_loss"] < 1.0  # standardized input: predicting 0 scores 1.0
     codes, keys = hash_thumbs(model, thumbs)
     assert codes.shape == (len(thumbs), 16) and codes.dtype == np.uint8
-    assert keys.shape == (len(thumbs),) and keys.dtype == np.uint32
-    # The key is exactly the chosen 32 units of the full code.
+    assert keys.shape == (len(thumbs), 4) and keys.dtype == np.uint32
+    # The keys are exactly the chosen groups of 32 units, which partition the full code.
     bits = unpack_codes(codes)
     units = model.key_units.numpy()
-    assert len(set(units.tolist())) == 32
+    assert units.shape == (4, 32) and sorted(units.ravel().tolist()) == list(range(128))
     assert np.array_equal(keys, keys_from_bits(bits, units))
+    assert np.array_equal(keys[:, 0], keys_from_bits(bits, units[0]))
     # Semantic: near-duplicates hash close, distinct tiles far apart.
     kinds, dups, orig = _originals(ds)
     d_dup = hamming(codes[dups], codes[orig])
@@ -68,7 +75,7 @@ def test_training_hashing_and_keys(neardups, model):
     assert np.median(d_dup) <= 4 and np.median(d_far) >= 30
     assert np.all(d_dup[kinds[dups] == "exact"] == 0)
     # Keys spread the data: no bucket holds more than a few percent of it.
-    assert np.unique(keys, return_counts=True)[1].max() <= max(4, len(keys) // 25)
+    assert np.unique(keys[:, 0], return_counts=True)[1].max() <= max(4, len(keys) // 25)
 
 
 def test_key_units_are_balanced_and_decorrelated():
@@ -78,6 +85,10 @@ def test_key_units_are_balanced_and_decorrelated():
     bits[:, 1] = bits[:, 0]  # a perfect copy must not be chosen twice
     units = choose_key_units(bits, 32)
     assert not ({0, 1} <= set(units.tolist()))
+    # Groups partition the code; the first is the best key (the balanced units).
+    groups = choose_key_groups(bits, 32)
+    assert groups.shape == (4, 32) and sorted(groups.ravel().tolist()) == list(range(128))
+    assert bits[:, groups[0]].mean(axis=0).min() > 0.4
     assert np.all(np.abs(bits[:, units].mean(0) - 0.5) < 0.1)
 
 
@@ -94,11 +105,15 @@ def test_save_load_roundtrip_and_bad_files(neardups, model, tmp_path):
     torch.save(state, tmp_path / "v99.pt")
     with pytest.raises(UserError, match="version 99"):
         load_autoencoder(tmp_path / "v99.pt")
-    state["version"] = 1
+    state["version"] = 2
     state["code_bits"] = 64  # weights are 3072x128: another shape
     torch.save(state, tmp_path / "shape.pt")
     with pytest.raises(UserError, match="do not fit"):
         load_autoencoder(tmp_path / "shape.pt")
+    state["version"] = 1  # a file of the one-key layout: retrain
+    torch.save(state, tmp_path / "v1.pt")
+    with pytest.raises(UserError, match="version 1 autoencoder"):
+        load_autoencoder(tmp_path / "v1.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(UserError, match="not a dedup autoencoder"):
         load_autoencoder(tmp_path / "junk.pt")
@@ -158,13 +173,13 @@ def test_candidates_cover_radius_and_big_buckets_stay_linear():
         bits[i + 1] = bits[i]
         bits[i + 1, flip] ^= True
     codes = pack_codes(bits)
-    keys = keys_from_bits(bits, np.arange(32))
-    pairs = {tuple(p) for p in candidate_pairs(codes, keys, radius=7).tolist()}
+    keys = keys_from_bits(bits, np.arange(128).reshape(4, 32))
+    pairs = {tuple(p) for p in candidate_pairs(codes, keys).tolist()}
     assert all((i, i + 1) in pairs for i in range(0, 2000, 2))
     assert len(pairs) < 1500  # distinct random codes almost never pair
     # 5000 identical codes (blank frames): pairs bounded by window x size, not size^2.
     same = np.zeros((5000, 16), np.uint8)
-    p = candidate_pairs(same, np.zeros(5000, np.uint32), radius=7, window=16)
+    p = candidate_pairs(same, np.zeros((5000, 4), np.uint32), window=16)
     assert 5000 <= len(p) <= (16 + 2) * 5000  # window + 2 bucket heads per item
 
 

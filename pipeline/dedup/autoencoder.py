@@ -31,10 +31,11 @@ from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the saved layout or the input normalization changes
+FORMAT_VERSION = 2  # bump when the saved layout or the input normalization changes
+# (2: four 32-unit key groups instead of one key)
 THUMB_SHAPE = (32, 32, 3)
 MIN_TRAIN = 256  # fewer thumbnails than this cannot fit 128 units meaningfully
-KEY_BITS = 32  # the bucket key: 32 of the code units (the design's 32-bit codes)
+KEY_BITS = 32  # a bucket key: 32 of the code units (the design's 32-bit codes)
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class AutoencoderConfig:
     min_images: int = MIN_TRAIN  # refuse to train on fewer thumbnails (clear error)
 
 
-BLUR_SIGMA = 1.5  # pixels of the 32 x 32 thumbnail; part of FORMAT_VERSION 1
+BLUR_SIGMA = 1.5  # pixels of the 32 x 32 thumbnail; part of the FORMAT_VERSION
 
 
 def _blur_matrix(sigma: float, n: int = 32) -> torch.Tensor:
@@ -107,14 +108,16 @@ def _dropout(p: float, device: str, rng: np.random.Generator):
 
 
 class Autoencoder(nn.Module):
-    """3072 -> 128 (ReLU code) -> 3072; carries the 32 key units chosen on its training data."""
+    """3072 -> 128 (ReLU code) -> 3072; carries the key unit groups chosen on its training
+    data: (code_bits / 32, 32), the first row being the primary 32-bit key."""
 
     def __init__(self, code_bits: int = 128):
         super().__init__()
         n_in = int(np.prod(THUMB_SHAPE))
         self.encoder = nn.Linear(n_in, code_bits)  # (N, 3072) -> (N, 128), then ReLU
         self.decoder = nn.Linear(code_bits, n_in)  # (N, 128) -> (N, 3072), linear output
-        self.register_buffer("key_units", torch.arange(KEY_BITS, dtype=torch.long))
+        self.register_buffer("key_units", torch.arange(code_bits, dtype=torch.long)
+                             .reshape(-1, KEY_BITS))
         self.config: dict[str, Any] = {}
 
     @property
@@ -143,7 +146,7 @@ def train_autoencoder(thumbs: np.ndarray, config: AutoencoderConfig | None = Non
     """
     from tqdm import tqdm
 
-    from pipeline.dedup.hashing import binarize, choose_key_units, crop_views
+    from pipeline.dedup.hashing import binarize, choose_key_groups, crop_views
 
     config = config or AutoencoderConfig()
     _check_thumbs(thumbs)
@@ -158,8 +161,8 @@ def train_autoencoder(thumbs: np.ndarray, config: AutoencoderConfig | None = Non
     x = standardize(torch.from_numpy(np.array(thumbs[idx])).to(device))
     torch.manual_seed(config.seed)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
-    if config.code_bits % 8 or config.code_bits < KEY_BITS:
-        raise UserError(f"code_bits must be a multiple of 8 and at least {KEY_BITS}")
+    if config.code_bits % 64:
+        raise UserError("code_bits must be a multiple of 64")
     model = Autoencoder(config.code_bits).to(device)
     model.config = asdict(config)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # 2x faster step
@@ -190,14 +193,14 @@ def train_autoencoder(thumbs: np.ndarray, config: AutoencoderConfig | None = Non
     model.config["trained_on"] = int(len(idx))
     log.info("autoencoder: %d thumbnails, %d epochs, reconstruction loss %.4f (per value, "
              "standardized units)", len(idx), config.epochs, loss_value)
-    # Key units: balanced, decorrelated and stable under crops of a few percent (measured
+    # Key groups: balanced, decorrelated and stable under crops of a few percent (measured
     # on the training data: how often each unit flips between an image and a cropped view).
     with torch.no_grad():
         bits = binarize(model.encode(x).cpu().numpy())
     sample = idx[:5000]
     views = crop_views(np.asarray(thumbs[sample]), rng)
     flips = (binarize(encode_thumbs(model, views)) != bits[:len(sample)]).mean(axis=0)
-    units = choose_key_units(bits, KEY_BITS, flips)
+    units = choose_key_groups(bits, KEY_BITS, flips)
     model.key_units = torch.as_tensor(units, dtype=torch.long, device=device)
     return model.cpu()
 
@@ -250,10 +253,11 @@ def load_autoencoder(path: str | Path, device: str = "cpu") -> Autoencoder:
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: weights do not fit a 3072-{state['code_bits']}-3072 "
                         f"autoencoder ({str(e).splitlines()[0]})") from e
-    if model.code_bits % 8 or model.key_units.numel() != KEY_BITS \
-            or int(model.key_units.max()) >= model.code_bits:
+    groups = model.key_units
+    if model.code_bits % 64 or tuple(groups.shape) != (model.code_bits // KEY_BITS, KEY_BITS) \
+            or len(groups.unique()) != model.code_bits:
         raise UserError(f"{path}: unsupported code shape ({model.code_bits} bits, "
-                        f"{model.key_units.numel()} key units)")
+                        f"key groups {tuple(groups.shape)})")
     model.config = dict(state.get("config") or {})
     model.eval()
     return model.to(resolve_device(device))

@@ -113,6 +113,7 @@ class NearDupSet:
     data: list[bytes]
     group: np.ndarray  # (N,) int: items with the same group are (near-)duplicates
     kind: list[str]  # 'original' or one of KINDS
+    photo: np.ndarray  # (N,) int: the photo the item's tile was cut from
 
 
 def make_neardup_set(photos: list[np.ndarray], seed: int = 0, dup_fraction: float = 0.5,
@@ -123,18 +124,20 @@ def make_neardup_set(photos: list[np.ndarray], seed: int = 0, dup_fraction: floa
     first (the representative is then sometimes the edited copy).
     """
     rng = np.random.default_rng(seed)
-    data, group, kind = [], [], []
-    base = [t for p in photos for t in tiles(p, grids)]
-    for g, tile in enumerate(base):
+    data, group, kind, source = [], [], [], []
+    base = [(i, t) for i, p in enumerate(photos) for t in tiles(p, grids)]
+    for g, (photo, tile) in enumerate(base):
         b = encode(tile, "jpeg", 90)
         data.append(b)
         group.append(g)
         kind.append("original")
+        source.append(photo)
         if rng.random() < dup_fraction:
             k = KINDS[int(rng.integers(len(KINDS)))]
             data.append(near_duplicate(tile, b, k, rng))
             group.append(g)
             kind.append(k)
+            source.append(photo)
     order = rng.permutation(len(data))
     return NearDupSet([data[i] for i in order], np.array(group)[order],
-                      [kind[i] for i in order])
+                      [kind[i] for i in order], np.array(source)[order])

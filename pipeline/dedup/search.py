@@ -1,26 +1,26 @@
 """Linear-time duplicate search over binary codes: buckets, confirmation, grouping.
 
-1. Candidates (multi-index hashing, Norouzi et al. 2012). Five 32-bit tables: the bucket key
-   and the four quarters of the 128-bit code. A pair is a candidate when the keys are equal
-   or differ in one bit (confirmation then decides, whatever the full distance), or when
-   some quarter differs in at most one bit and the full codes are within ``radius``. By the
-   pigeonhole principle every pair within Hamming distance 7 has a quarter that differs in
-   at most one bit, so ``radius <= 7`` is searched exhaustively without comparing all
-   pairs. "Differs in at most bit b" is found by sorting the values with bit b cleared, so
-   each table costs 33 sorts; pairs are formed between neighbours in sort order within a
-   ``window``, items being ordered by their full code inside a bucket, so a degenerate bucket
-   (many blank frames) costs ``window x size``, not ``size^2``. Measured on the benchmark's
-   tuning half (one trained model): equal key or radius 3 made candidates of 69% of the crop
-   near-duplicates; one-bit probing of the key and of the quarters (radius 7), 96%.
-   faiss's ``IndexBinaryMultiHash`` (nflip=1) probes the same code quarters and on 1M
-   synthetic codes searched a little faster (35 s CPU vs our 39 s for search + confirmation +
-   grouping, ``benchmarks/dedup_scale.py``), but it scans whole buckets per query
-   (quadratic when many codes are equal, e.g. blank frames) and has no one-bit probing of
-   the chosen key; the sort-based tables keep every bucket's cost bounded by the window.
-2. Confirmation, before anything is removed: the full-code distance must be at most
-   ``max_distance`` and the thumbnails must agree (``pixel_similarity``: correlation of
-   band-passed, standardized 32 x 32 thumbnails, best over shifts of up to 2 px, ~6%), so a
-   hash collision alone never removes an image.
+1. Candidates (multi-index hashing, Norouzi et al. 2012). The 128-bit code is split into
+   four 32-bit keys (``hashing.choose_key_groups``: balanced, crop-stable, decorrelated
+   units; the first is the design's 32-bit hash key). A pair is a candidate when one of its
+   keys is equal or differs in one bit and the full codes differ in at most
+   ``max_distance`` bits. As the keys partition the code, every pair within Hamming
+   distance 7 is a candidate (pigeonhole: otherwise each key differs in 2 bits or more)
+   without comparing all pairs; pairs at 8-12 bits are found when a key is within one bit.
+   "Differs in at most bit b" is found by sorting the values with bit b cleared, so each
+   key costs 33 sorts; pairs are formed between neighbours in sort order within a
+   ``window``, items being ordered by their full code inside a bucket, so a degenerate
+   bucket (many blank frames) costs ``window x size``, not ``size^2``. Measured on the
+   quality benchmark's near-duplicate sets (five draws, a model trained on each): one key
+   probed at one bit plus the code quarters at radius 7 (the first scheme) gave recall
+   0.940-0.974 after confirmation; four balanced keys at radius 7, the same; at radius 12,
+   0.960-0.985 (no gain beyond 12; probing the first key at two bits instead: 0.957-0.978).
+   faiss's ``IndexBinaryMultiHash`` (nflip=1) probes 32-bit code slices the same way but
+   scans whole buckets per query (quadratic when many codes are equal, e.g. blank frames);
+   the sort-based tables keep every bucket's cost bounded by the window.
+2. Confirmation, before anything is removed: the thumbnails must agree
+   (``pixel_similarity``: correlation of band-passed, standardized 32 x 32 thumbnails, best
+   over shifts of up to 2 px, ~6%), so a hash collision alone never removes an image.
 3. Grouping around representatives: in id order, an item not yet removed is kept and removes
    its confirmed neighbours that are not yet removed. A removed item never removes others, so
    dissimilar images cannot be chained together through transitive matches.
@@ -37,11 +37,11 @@ from pipeline.dedup.hashing import hamming
 
 @dataclass(frozen=True)
 class SearchConfig:
-    radius: int = 7  # full-code neighbours searched exhaustively (4 quarters, 1 flip: <= 7)
-    max_distance: int = 32  # confirmed pairs differ in at most this many of the 128 code bits
+    max_distance: int = 12  # candidate pairs differ in at most this many of the 128 code bits
     min_similarity: float = 0.90  # thumbnail correlation (best small shift) to confirm
     max_shift: int = 2  # shifts tried by the pixel check, in 32 x 32 pixels (2 = ~6%)
     window: int = 16  # pairs formed within this distance in a bucket's sort order
+    flips: int = 1  # key bits that may differ in a candidate pair (2: 529 sorts per key)
     chunk: int = 20_000  # candidate pairs confirmed per batch (bounds memory)
 
 
@@ -68,42 +68,66 @@ class DuplicateResult:
         return out
 
 
-def _window_pairs(values: np.ndarray, rank: np.ndarray, window: int,
-                  heads: int = 2) -> np.ndarray:
-    """(M, 2) pairs of items with equal ``values``: neighbours within ``window`` in sort
-    order, and every member with the first ``heads`` members of its bucket.
+def _window_pairs(ranked: np.ndarray, rank: np.ndarray, window: int, heads: int = 2,
+                  differ: np.ndarray | None = None) -> np.ndarray:
+    """(M, 2) pairs of items with equal values: neighbours within ``window`` in sort order,
+    and every member with the first ``heads`` members of its bucket.
 
-    ``rank`` orders the items (by full code) so that neighbours inside a bucket are similar;
-    the heads let one representative absorb a bucket of any size (a set of identical frames
-    becomes one group, not groups of ``window``).
+    ``ranked`` holds the values in ``rank`` order; ``rank`` orders the items (by full code)
+    so that neighbours inside a bucket are similar; the heads let one representative absorb
+    a bucket of any size (a set of identical frames becomes one group, not groups of
+    ``window``). ``differ`` (in ``rank`` order too): keep only pairs whose ``differ`` values
+    differ (a probe with a bit cleared then returns only the pairs that differ in that bit,
+    not again every pair of equal keys: 4x less work for ``_unique_pairs`` on 1M codes).
     """
     # One sort of (value, position in rank) packed in 64 bits: 3x faster than an argsort.
-    packed = (values[rank].astype(np.uint64) << np.uint64(32)) | np.arange(
+    packed = (ranked.astype(np.uint64) << np.uint64(32)) | np.arange(
         len(rank), dtype=np.uint64)
     packed.sort()
-    order = rank[(packed & np.uint64(0xFFFFFFFF)).astype(np.int64)]
     v = (packed >> np.uint64(32)).astype(np.uint32)
+    where = packed & np.uint64(0xFFFFFFFF)
+
+    def pairs_at(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # sorted positions -> ids
+        pa, pb = where[a].astype(np.int64), where[b].astype(np.int64)
+        if differ is not None:
+            keep = differ[pa] != differ[pb]
+            pa, pb = pa[keep], pb[keep]
+        return np.stack([rank[pa], rank[pb]], axis=1)
+
     pairs = []
+    full = True
     for d in range(1, window):
         idx = np.flatnonzero(v[d:] == v[:-d])
         if len(idx) == 0:
+            full = False
             break
-        pairs.append(np.stack([order[idx], order[idx + d]], axis=1))
-    if len(pairs) == window - 1 and len(pairs[-1]):  # a bucket larger than the window
+        pairs.append(pairs_at(idx, idx + d))
+    if full and window > 1:  # some bucket is larger than the window
         pos = np.arange(len(v))
         start = np.maximum.accumulate(np.where(np.r_[True, v[1:] != v[:-1]], pos, 0))
         for h in range(heads):
             far = np.flatnonzero(start + h + window <= pos)  # not already a neighbour pair
-            pairs.append(np.stack([order[start[far] + h], order[far]], axis=1))
+            pairs.append(pairs_at(start[far] + h, far))
     return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
 
 
-def _table_pairs(values: np.ndarray, rank: np.ndarray, window: int) -> np.ndarray:
-    """Pairs whose 32-bit ``values`` are equal or differ in exactly one bit."""
-    found = [_window_pairs(values, rank, window)]
-    for b in range(32):
-        found.append(_window_pairs(values & np.uint32(~(1 << b) & 0xFFFFFFFF), rank, window))
-    return np.concatenate(found)
+def _flip_masks(flips: int, bits: int = 32) -> list[int]:
+    """Masks that clear 0..``flips`` of the ``bits`` bits: equal after masking = within."""
+    from itertools import combinations
+
+    full = (1 << bits) - 1
+    return [full & ~sum(1 << b for b in c) for k in range(flips + 1)
+            for c in combinations(range(bits), k)]
+
+
+def _table_pairs(values: np.ndarray, rank: np.ndarray, window: int,
+                 flips: int = 1) -> np.ndarray:
+    """Pairs whose 32-bit ``values`` differ in at most ``flips`` bits (1 + 32 sorts for one
+    flip, 1 + 32 + 496 for two; 15 ms per sort of 1M values here)."""
+    ranked = np.asarray(values, np.uint32)[rank]
+    return np.concatenate([_window_pairs(ranked & np.uint32(m), rank, window,
+                                         differ=None if i == 0 else ranked)
+                           for i, m in enumerate(_flip_masks(flips))])
 
 
 def _unique_pairs(p: np.ndarray, n: int) -> np.ndarray:
@@ -114,26 +138,21 @@ def _unique_pairs(p: np.ndarray, n: int) -> np.ndarray:
     return np.stack([u // n, u % n], axis=1)
 
 
-def candidate_pairs(codes: np.ndarray, keys: np.ndarray, radius: int = 7,
-                    window: int = 16) -> np.ndarray:
-    """Unique (M, 2) int64 pairs i < j: keys within one bit, or codes within ``radius``."""
-    if radius > 7:
-        raise ValueError("radius above 7 is not searched exhaustively by four 32-bit tables")
+def candidate_pairs(codes: np.ndarray, keys: np.ndarray, max_distance: int = 12,
+                    window: int = 16, flips: int = 1) -> np.ndarray:
+    """Unique (M, 2) int64 pairs i < j with some key (a column of ``keys``, (N,) or (N, K)
+    uint32) differing in at most ``flips`` bits and codes within ``max_distance`` bits."""
     codes = np.ascontiguousarray(codes)
     n = len(codes)
     if codes.shape[1] % 8:
         raise ValueError("codes must be a multiple of 64 bits")
-    words = codes.view(np.uint64)
-    rank = np.lexsort(words.T[::-1]).astype(np.int64)  # items in full-code order
-    by_key = _unique_pairs(_table_pairs(np.asarray(keys, np.uint32), rank, window), n)
-    quarters = codes.view(np.uint32)
-    near = []
-    if radius >= 0:
-        for q in range(quarters.shape[1]):
-            p = _unique_pairs(_table_pairs(np.ascontiguousarray(quarters[:, q]), rank,
-                                           window), n)
-            near.append(p[hamming(codes[p[:, 0]], codes[p[:, 1]]) <= radius])
-    return _unique_pairs(np.concatenate([by_key, *near]), n)
+    keys = np.asarray(keys, np.uint32).reshape(n, -1)
+    rank = np.lexsort(codes.view(np.uint64).T[::-1]).astype(np.int64)  # full-code order
+    found = []
+    for k in range(keys.shape[1]):
+        p = _table_pairs(keys[:, k], rank, window, flips)
+        found.append(p[hamming(codes[p[:, 0]], codes[p[:, 1]]) <= max_distance])
+    return _unique_pairs(np.concatenate(found), n)  # one pass: most pairs are far apart
 
 
 _TAPS = np.array([1, 4, 6, 4, 1], np.float32) / 16  # binomial, ~Gaussian sigma 1
@@ -309,7 +328,8 @@ def confirm_and_group(n: int, pairs: np.ndarray, codes: np.ndarray, thumbs,
 
 def find_duplicates(codes: np.ndarray, keys: np.ndarray, thumbs,
                     config: SearchConfig | None = None) -> DuplicateResult:
-    """Near-duplicate groups from packed codes, 32-bit keys and 32 x 32 thumbnails.
+    """Near-duplicate groups from packed codes, 32-bit keys ((N,) or (N, K)) and 32 x 32
+    thumbnails.
 
     ``thumbs`` is anything indexable by an int array giving (M, 32, 32, 3) uint8 (an array or
     a memory map); it is read only for candidate pairs.
@@ -319,10 +339,10 @@ def find_duplicates(codes: np.ndarray, keys: np.ndarray, thumbs,
     config = config or SearchConfig()
     codes = np.ascontiguousarray(codes, np.uint8)
     keys = np.asarray(keys, np.uint32)
-    if codes.ndim != 2 or len(codes) != len(keys):
+    if codes.ndim != 2 or keys.ndim not in (1, 2) or len(codes) != len(keys):
         raise ValueError(f"codes {codes.shape} and keys {keys.shape} do not match")
     t0 = time.perf_counter()
-    pairs = candidate_pairs(codes, keys, config.radius, config.window)
+    pairs = candidate_pairs(codes, keys, config.max_distance, config.window, config.flips)
     t1 = time.perf_counter()
     dup_of, dist, sim, confirmed = confirm_and_group(len(codes), pairs, codes, thumbs, config)
     t2 = time.perf_counter()

@@ -48,7 +48,7 @@ class DedupConfig:
     device: str = "auto"  # auto | cuda | cpu, for training and hashing
     seed: int = 0  # training subset, initialization, review-sheet sample
     limit: int | None = None  # only the first N items of the dataset
-    search: SearchConfig = field(default_factory=SearchConfig)  # radius and thresholds
+    search: SearchConfig = field(default_factory=SearchConfig)  # probing and thresholds
     review_pairs: int = 24  # removed/kept pairs on the review sheet
     overwrite: bool = False  # replace a different finished result in the output
 
