@@ -221,6 +221,9 @@ def dedup_cmd(
                                      "128-bit codes differ in at most this many bits."),
     min_similarity: float = typer.Option(0.90, min=-1.0, max=1.0, help="Confirm only pairs "
                                          "whose thumbnails correlate at least this much."),
+    max_dct_distance: int = typer.Option(20, min=0, max=64, help="Confirm only pairs whose "
+                                         "low-frequency DCT signatures (64 bits) differ in at "
+                                         "most this many bits."),
     seed: int = typer.Option(0, help="Training subset, initialization, review sample."),
     category: str | None = typer.Option(None, help="With lsun: scene category, e.g. bedroom."),
     split: str = typer.Option("train", help="With lsun and --category: train or val."),
@@ -248,8 +251,8 @@ def dedup_cmd(
     config = DedupConfig(
         model=str(model) if model else None, epochs=epochs, train_limit=train_limit,
         device=device, seed=seed, limit=None if is_lsun else limit, overwrite=overwrite,
-        search=SearchConfig(max_distance=max_distance,
-                            min_similarity=min_similarity))
+        search=SearchConfig(max_distance=max_distance, min_similarity=min_similarity,
+                            max_dct_distance=max_dct_distance))
     if is_lsun:
         from pipeline.extract import ExtractConfig
         from pipeline.lsun import LsunSource, resolve_databases

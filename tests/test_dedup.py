@@ -25,7 +25,7 @@ from pipeline.dedup.hashing import (
     unpack_codes,
 )
 from pipeline.dedup.neardup import make_neardup_set
-from pipeline.dedup.search import candidate_pairs, group, pixel_similarity
+from pipeline.dedup.search import candidate_pairs, dct_signatures, group, pixel_similarity
 from pipeline.errors import UserError
 
 FAST = AutoencoderConfig(epochs=6)
@@ -144,6 +144,8 @@ def test_find_duplicates_on_real_near_duplicates(neardups, model):
     assert np.all(both[exact] == both[orig[kinds[dups] == "exact"]])  # copies never missed
     assert np.all(res.distance[removed] <= SearchConfig().max_distance)
     assert np.all(res.similarity[removed] >= SearchConfig().min_similarity)
+    sig = dct_signatures(thumbs)
+    assert np.all(hamming(sig[removed], sig[rep]) <= SearchConfig().max_dct_distance)
 
 
 def test_pixel_check_tolerates_edits_not_other_photos(photos):
@@ -156,6 +158,10 @@ def test_pixel_check_tolerates_edits_not_other_photos(photos):
     other = prepare(_enc(photos[2]), 32)[1]
     sims = pixel_similarity(np.stack([a, a, a]), np.stack([brighter, crop, other]))
     assert sims[0] > 0.97 and sims[1] > 0.9 and sims[2] < 0.5
+    # The low-frequency DCT signatures: edits keep them, another photo's is unrelated.
+    sig = dct_signatures(np.stack([a, brighter, crop, other]))
+    dist = hamming(sig[:1], sig[1:])
+    assert dist[0] <= 12 and dist[1] <= 20 and dist[2] >= 24, dist
 
 
 def _enc(img):
