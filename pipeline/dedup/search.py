@@ -216,9 +216,12 @@ def _similarity(x: np.ndarray, y: np.ndarray, max_shift: int,
     if pairs is None:
         pairs = np.stack([np.arange(len(x)), np.arange(len(y))], axis=1)
     # Unit-norm centre windows: the unshifted correlation is a dot product of these.
-    centres = [c.reshape(len(c), -1) for c in (x[:, s:32 - s, s:32 - s],
-                                                 y[:, s:32 - s, s:32 - s])]
-    centres = [c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-6) for c in centres]
+    def unit_centres(a: np.ndarray) -> np.ndarray:
+        c = a[:, s:32 - s, s:32 - s].reshape(len(a), -1)
+        c /= np.maximum(np.sqrt(np.einsum("ij,ij->i", c, c))[:, None], 1e-6)
+        return c
+
+    centres = [unit_centres(x)] * 2 if y is x else [unit_centres(x), unit_centres(y)]
     best = np.empty(len(pairs), np.float32)
     for b in range(0, len(pairs), block):
         p = pairs[b:b + block]
