@@ -93,12 +93,13 @@ class _ArrayAppender:
         else:
             self.f.write(_npy_header((0, *self.row_shape), np.uint8))
 
-    def append(self, row: np.ndarray) -> None:
-        if row.shape != self.row_shape or row.dtype != np.uint8:
-            raise ValueError(f"{self.path.name}: expected uint8 {self.row_shape}, got "
-                             f"{row.dtype} {row.shape}")
-        self.f.write(np.ascontiguousarray(row).data)
-        self.rows += 1
+    def extend(self, rows: np.ndarray) -> None:
+        """Append ``rows`` (M, *row_shape) uint8 in one write."""
+        if rows.shape[1:] != self.row_shape or rows.dtype != np.uint8:
+            raise ValueError(f"{self.path.name}: expected uint8 rows of {self.row_shape}, got "
+                             f"{rows.dtype} {rows.shape[1:]}")
+        self.f.write(np.ascontiguousarray(rows).data)
+        self.rows += len(rows)
 
     def finish(self) -> None:
         self.f.seek(0)
@@ -217,11 +218,22 @@ class DatasetWriter:
     def add(self, key: str, arrays: dict[str, np.ndarray], **meta: Any) -> int:
         """Keep one item; returns its id (its row in every array)."""
         item_id = self._kept
-        for name, appender in self._arrays.items():
-            appender.append(arrays[name])
-        self._manifest.write(json.dumps({"id": item_id, "key": key, **meta}) + "\n")
-        self._kept += 1
+        self.add_many([key], {name: np.asarray(a)[None] for name, a in arrays.items()}, [meta])
         return item_id
+
+    def add_many(self, keys: list[str], arrays: dict[str, np.ndarray],
+                 meta: list[dict[str, Any]] | None = None) -> None:
+        """Keep ``len(keys)`` items whose pixels are the rows of ``arrays``, in order: one
+        write per file (a write per row cost a tenth of the main process's time)."""
+        if any(len(a) != len(keys) for a in arrays.values()):
+            raise ValueError("arrays must have one row per key")
+        for name, appender in self._arrays.items():
+            appender.extend(arrays[name])
+        meta = meta or [{}] * len(keys)
+        self._manifest.write("".join(
+            json.dumps({"id": self._kept + i, "key": k, **m}) + "\n"
+            for i, (k, m) in enumerate(zip(keys, meta))))
+        self._kept += len(keys)
 
     def drop(self, key: str, reason: str, file: str = "rejected", **meta: Any) -> None:
         """Record an item that is not kept, with its reason, in ``<file>.jsonl``."""

@@ -100,11 +100,9 @@ def extract(source: Source, out: str | Path, config: ExtractConfig = ExtractConf
 
 def write_chunk(writer: DatasetWriter, chunk: Chunk) -> int:
     """Add a chunk's kept records and drop its failed ones, in record order; its size."""
-    k = 0
+    writer.add_many([k for k, s in zip(chunk.keys, chunk.status) if s is None],
+                    {"images": chunk.images, "thumbs": chunk.thumbs})
     for key, status, detail in zip(chunk.keys, chunk.status, chunk.details):
-        if status is None:
-            writer.add(key, {"images": chunk.images[k], "thumbs": chunk.thumbs[k]})
-            k += 1
-        else:
+        if status is not None:
             writer.drop(key, status, detail=detail)
     return len(chunk.keys)

@@ -212,30 +212,32 @@ def _same_dataset(a: Path, b: Path) -> None:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_interrupted_extract_resumes_to_identical_result(lsun_db, tmp_path, monkeypatch,
                                                          workers):
-    """Ctrl-C mid-run, in the middle of writing a chunk (KeyboardInterrupt from the 10th
-    ``add``), then a rerun with another chunk size: every record exactly once, the same
-    bytes as an uninterrupted run."""
+    """Ctrl-C mid-run, in the middle of writing a chunk (the third chunk's first two items and
+    the images row of its third written, then KeyboardInterrupt), then a rerun with another
+    chunk size: every record exactly once, the same bytes as an uninterrupted run."""
     from pipeline.dataset import DatasetWriter
 
     src = LsunSource([lsun_db])
     extract(src, tmp_path / "clean", ExtractConfig(workers=1), progress=False)
     calls = []
-    real = DatasetWriter.add
+    real = DatasetWriter.add_many
 
-    def interrupt_on_tenth(self, *args, **kw):
+    def interrupt_on_third(self, keys, arrays, meta=None):
         calls.append(1)
-        if len(calls) == 10:
+        if len(calls) == 3:
+            real(self, keys[:2], {k: a[:2] for k, a in arrays.items()})
+            self._arrays["images"].extend(arrays["images"][2:3])  # half an item
             raise KeyboardInterrupt
-        return real(self, *args, **kw)
+        return real(self, keys, arrays, meta)
 
-    monkeypatch.setattr(DatasetWriter, "add", interrupt_on_tenth)
+    monkeypatch.setattr(DatasetWriter, "add_many", interrupt_on_third)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         extract(src, out, ExtractConfig(workers=workers, chunk=4), progress=False)
     assert not (out / "COMPLETE").exists()
     progress = json.loads((out / "progress.json").read_text())
     assert progress["position"] % 4 == 0 and 0 < progress["kept"] < 10
-    monkeypatch.setattr(DatasetWriter, "add", real)
+    monkeypatch.setattr(DatasetWriter, "add_many", real)
     stats = extract(src, out, ExtractConfig(workers=workers, chunk=5), progress=False)
     assert stats["read"] == 30 and stats["kept"] == 25
     _same_dataset(out, tmp_path / "clean")

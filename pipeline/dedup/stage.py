@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 HASH_DIR = "hash"  # cached model, codes and keys (kept across --overwrite)
 EXTRACTED_DIR = "extracted"  # the extraction cache of `dedup lsun`
-_WRITE_BLOCK = 1024  # items written between commit points (a commit per item cost 30 us)
+_WRITE_BLOCK = 1024  # items written at once, then a commit point (per item: 60 us)
 
 
 @dataclass(frozen=True)
@@ -168,18 +168,17 @@ def dedup(dataset: str | Path, out: str | Path, config: DedupConfig = DedupConfi
                    disable=not progress, dynamic_ncols=True)
         rows = {k: np.asarray(a) for k, a in arrays.items()}  # plain views: no memmap overhead
         for start in range(writer.position, n, _WRITE_BLOCK):
-            block = range(start, min(n, start + _WRITE_BLOCK))
-            for i in block:
-                item = manifest[i]
-                if dup_of[i] < 0:
-                    meta_fields = {k: v for k, v in item.items() if k not in ("id", "key")}
-                    writer.add(item["key"], {k: a[i] for k, a in rows.items()},
-                               **meta_fields, source_id=i)
-                else:
-                    writer.drop(item["key"], "duplicate", file="duplicates",
-                                duplicate_of=manifest[dup_of[i]]["key"],
-                                distance=int(result.distance[i]),
-                                similarity=round(float(result.similarity[i]), 4))
+            block = np.arange(start, min(n, start + _WRITE_BLOCK))
+            kept = block[dup_of[block] < 0]
+            writer.add_many([manifest[i]["key"] for i in kept],
+                            {k: a[kept] for k, a in rows.items()},
+                            [{**{k: v for k, v in manifest[i].items() if k not in ("id", "key")},
+                              "source_id": int(i)} for i in kept])
+            for i in block[dup_of[block] >= 0]:
+                writer.drop(manifest[i]["key"], "duplicate", file="duplicates",
+                            duplicate_of=manifest[dup_of[i]]["key"],
+                            distance=int(result.distance[i]),
+                            similarity=round(float(result.similarity[i]), 4))
             writer.advance(len(block))  # a commit point per block, not per item
             bar.update(len(block))
         bar.close()
