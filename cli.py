@@ -271,7 +271,10 @@ def dedup_cmd(
         stats = dedup(Path(sources[0]), out, config, not quiet)
     summarize(stats, out, quiet)
     if not quiet and not stats.get("skipped"):
-        sizes = ", ".join(f"{v} of {k}" for k, v in stats["group_sizes"].items()) or "none"
+        by_size = sorted((int(k), v) for k, v in stats["group_sizes"].items())
+        sizes = ", ".join(f"{v} of {k}" for k, v in by_size[:4]) or "none"
+        if len(by_size) > 4:
+            sizes += f", ... up to {by_size[-1][0]}"
         typer.echo(f"Removed {stats['removed']} near-duplicates in {stats['groups']} groups "
                    f"(group sizes: {sizes}); autoencoder loss {stats['autoencoder_loss']} "
                    f"({'trained' if stats['trained'] else 'loaded'} on {stats['device']}). "
