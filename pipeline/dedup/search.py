@@ -157,10 +157,16 @@ def candidate_pairs(codes: np.ndarray, keys: np.ndarray, max_distance: int = 12,
         raise ValueError("codes must be a multiple of 64 bits")
     keys = np.asarray(keys, np.uint32).reshape(n, -1)
     rank = np.lexsort(codes.view(np.uint64).T[::-1]).astype(np.int64)  # full-code order
-    found = []
-    for k in range(keys.shape[1]):
-        p = _table_pairs(keys[:, k], rank, window, flips)
-        found.append(p[hamming(codes[p[:, 0]], codes[p[:, 1]]) <= max_distance])
+
+    def near_pairs(columns: np.ndarray) -> np.ndarray:
+        found = [np.zeros((0, 2), np.int64)]
+        for k in columns:
+            p = _table_pairs(keys[:, k], rank, window, flips)
+            found.append(p[hamming(codes[p[:, 0]], codes[p[:, 1]]) <= max_distance])
+        return np.concatenate(found)
+
+    # The tables are independent: one thread each (NumPy's sorts release the GIL).
+    found = _in_threads(near_pairs, np.arange(keys.shape[1]), min_part=1)
     return _unique_pairs(np.concatenate(found), n)  # one pass: most pairs are far apart
 
 
@@ -239,15 +245,15 @@ def _similarity(x: np.ndarray, y: np.ndarray, max_shift: int,
     return best
 
 
-def _in_threads(fn, items: np.ndarray) -> list:
-    """``[fn(part) for part in parts]`` over one contiguous part of ``items`` per core, in
-    threads (OpenCV and NumPy release the GIL): the search runs after extraction, when
-    every core is free."""
+def _in_threads(fn, items: np.ndarray, min_part: int = 256) -> list:
+    """``[fn(part) for part in parts]`` over one contiguous part of ``items`` (at least
+    ``min_part`` long) per core, in threads (OpenCV and NumPy release the GIL): the search
+    runs after extraction, when every core is free."""
     from concurrent.futures import ThreadPoolExecutor
 
     from pipeline.runner import default_workers
 
-    n = min(default_workers(), max(1, len(items) // 256))
+    n = min(default_workers(), max(1, len(items) // min_part))
     parts = np.array_split(items, n)
     if n == 1:
         return [fn(parts[0])]
