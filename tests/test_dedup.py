@@ -20,6 +20,7 @@ from pipeline.dedup import (
 from pipeline.dedup.hashing import (
     choose_key_groups,
     choose_key_units,
+    key_tables,
     keys_from_bits,
     pack_codes,
     unpack_codes,
@@ -58,11 +59,14 @@ def test_training_hashing_and_keys(neardups, model):
     assert model.config["final_loss"] < 1.0  # standardized input: predicting 0 scores 1.0
     codes, keys = hash_thumbs(model, thumbs)
     assert codes.shape == (len(thumbs), 16) and codes.dtype == np.uint8
-    assert keys.shape == (len(thumbs), 4) and keys.dtype == np.uint32
-    # The keys are exactly the chosen groups of 32 units, which partition the full code.
+    assert keys.shape == (len(thumbs), 8) and keys.dtype == np.uint32
+    # The keys are exactly the chosen groups of 32 units: two partitions of the full code.
     bits = unpack_codes(codes)
     units = model.key_units.numpy()
-    assert units.shape == (4, 32) and sorted(units.ravel().tolist()) == list(range(128))
+    assert units.shape == (8, 32)
+    for half in (units[:4], units[4:]):
+        assert sorted(half.ravel().tolist()) == list(range(128))
+    assert all(len(set(units[4 + j]) & set(units[i])) == 8 for i in range(4) for j in range(4))
     assert np.array_equal(keys, keys_from_bits(bits, units))
     assert np.array_equal(keys[:, 0], keys_from_bits(bits, units[0]))
     # Semantic: near-duplicates hash close, distinct tiles far apart.
@@ -179,13 +183,13 @@ def test_candidates_cover_radius_and_big_buckets_stay_linear():
         bits[i + 1] = bits[i]
         bits[i + 1, flip] ^= True
     codes = pack_codes(bits)
-    keys = keys_from_bits(bits, np.arange(128).reshape(4, 32))
+    keys = keys_from_bits(bits, key_tables(np.arange(128).reshape(4, 32)))
     pairs = {tuple(p) for p in candidate_pairs(codes, keys).tolist()}
     assert all((i, i + 1) in pairs for i in range(0, 2000, 2))
     assert len(pairs) < 1500  # distinct random codes almost never pair
     # 5000 identical codes (blank frames): pairs bounded by window x size, not size^2.
     same = np.zeros((5000, 16), np.uint8)
-    p = candidate_pairs(same, np.zeros((5000, 4), np.uint32), window=16)
+    p = candidate_pairs(same, np.zeros((5000, 8), np.uint32), window=16)
     assert 5000 <= len(p) <= (16 + 2) * 5000  # window + 2 bucket heads per item
 
 

@@ -4,7 +4,7 @@ Public API (also used to hash generated samples for the memorization check)::
 
     model = train_autoencoder(thumbs)            # (N, 32, 32, 3) uint8
     save_autoencoder(model, "ae.pt"); model = load_autoencoder("ae.pt")
-    codes, keys = hash_thumbs(model, thumbs)     # (N, 16) uint8, (N, 4) uint32
+    codes, keys = hash_thumbs(model, thumbs)     # (N, 16) uint8, (N, 8) uint32
     result = find_duplicates(codes, keys, thumbs, SearchConfig())
     result.duplicate_of                          # (N,) kept id or -1
 """

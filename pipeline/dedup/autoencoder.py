@@ -26,13 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.dedup.hashing import key_tables
 from pipeline.devices import resolve_device
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # bump when the saved layout or the input normalization changes
-# (2: four 32-unit key groups instead of one key)
+# (2: two partitions of the code into 32-unit keys instead of one key)
 THUMB_SHAPE = (32, 32, 3)
 MIN_TRAIN = 256  # fewer thumbnails than this cannot fit 128 units meaningfully
 KEY_BITS = 32  # a bucket key: 32 of the code units (the design's 32-bit codes)
@@ -108,16 +109,17 @@ def _dropout(p: float, device: str, rng: np.random.Generator):
 
 
 class Autoencoder(nn.Module):
-    """3072 -> 128 (ReLU code) -> 3072; carries the key unit groups chosen on its training
-    data: (code_bits / 32, 32), the first row being the primary 32-bit key."""
+    """3072 -> 128 (ReLU code) -> 3072; carries the key units chosen on its training data:
+    (2 * code_bits / 32, 32), two partitions of the code, the first row being the primary
+    32-bit key (``hashing.key_tables``)."""
 
     def __init__(self, code_bits: int = 128):
         super().__init__()
         n_in = int(np.prod(THUMB_SHAPE))
         self.encoder = nn.Linear(n_in, code_bits)  # (N, 3072) -> (N, 128), then ReLU
         self.decoder = nn.Linear(code_bits, n_in)  # (N, 128) -> (N, 3072), linear output
-        self.register_buffer("key_units", torch.arange(code_bits, dtype=torch.long)
-                             .reshape(-1, KEY_BITS))
+        self.register_buffer("key_units", torch.as_tensor(key_tables(
+            np.arange(code_bits).reshape(-1, KEY_BITS)), dtype=torch.long))
         self.config: dict[str, Any] = {}
 
     @property
@@ -146,7 +148,7 @@ def train_autoencoder(thumbs: np.ndarray, config: AutoencoderConfig | None = Non
     """
     from tqdm import tqdm
 
-    from pipeline.dedup.hashing import binarize, choose_key_groups, crop_views
+    from pipeline.dedup.hashing import binarize, choose_key_groups, crop_views, key_tables
 
     config = config or AutoencoderConfig()
     _check_thumbs(thumbs)
@@ -200,7 +202,7 @@ def train_autoencoder(thumbs: np.ndarray, config: AutoencoderConfig | None = Non
     sample = idx[:5000]
     views = crop_views(np.asarray(thumbs[sample]), rng)
     flips = (binarize(encode_thumbs(model, views)) != bits[:len(sample)]).mean(axis=0)
-    units = choose_key_groups(bits, KEY_BITS, flips)
+    units = key_tables(choose_key_groups(bits, KEY_BITS, flips))
     model.key_units = torch.as_tensor(units, dtype=torch.long, device=device)
     return model.cpu()
 
@@ -253,9 +255,9 @@ def load_autoencoder(path: str | Path, device: str = "cpu") -> Autoencoder:
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: weights do not fit a 3072-{state['code_bits']}-3072 "
                         f"autoencoder ({str(e).splitlines()[0]})") from e
-    groups = model.key_units
-    if model.code_bits % 64 or tuple(groups.shape) != (model.code_bits // KEY_BITS, KEY_BITS) \
-            or len(groups.unique()) != model.code_bits:
+    groups, half = model.key_units, model.code_bits // KEY_BITS
+    if model.code_bits % 64 or tuple(groups.shape) != (2 * half, KEY_BITS) \
+            or any(len(g.unique()) != model.code_bits for g in (groups[:half], groups[half:])):
         raise UserError(f"{path}: unsupported code shape ({model.code_bits} bits, "
                         f"key groups {tuple(groups.shape)})")
     model.config = dict(state.get("config") or {})

@@ -7,7 +7,8 @@ data evenly), that rarely flip when the image is cropped by a few percent, and t
 least correlated with the units already chosen (so the 32 bits are close to independent and
 buckets stay small); chosen greedily on the training data. The 128 units are split into four
 such keys, in order of quality: the first is the design's 32-bit hash key, and together they
-cover the whole code (see ``search.candidate_pairs`` for why).
+cover the whole code (see ``search.candidate_pairs`` for why); four more keys regroup the
+same units across those four (``key_tables``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,20 @@ def choose_key_groups(bits: np.ndarray, n: int = 32, flip_rate: np.ndarray | Non
     return np.array(chosen, dtype=np.int64)
 
 
+def key_tables(groups: np.ndarray) -> np.ndarray:
+    """(2G, n) unit indices: the G ``groups`` (a partition of the code), then a second
+    partition whose key j takes every G-th unit of each group (its units come from all G
+    groups). Pairs whose codes differ by 8-20 bits often have each key of one partition off
+    by two bits or more; the other partition gives them a second chance (measured on five
+    benchmark draws: recall +0.0 to +1.0 points at the same precision, for twice the sorts).
+    """
+    groups = np.asarray(groups)
+    g, n = groups.shape
+    second = [[groups[i, k] for i in range(g) for k in range(n) if (i + k) % g == j]
+              for j in range(g)]
+    return np.concatenate([groups, np.array(second, dtype=groups.dtype)])
+
+
 def crop_views(thumbs: np.ndarray, rng: np.random.Generator, max_px: int = 2) -> np.ndarray:
     """Each thumbnail cropped by 0..``max_px`` pixels per side and resized back to 32 x 32."""
     import cv2
@@ -105,7 +120,7 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def hash_thumbs(model, thumbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Thumbnails -> (packed 128-bit codes (N, 16) uint8, 32-bit keys (N, 4) uint32)."""
+    """Thumbnails -> (packed 128-bit codes (N, 16) uint8, 32-bit keys (N, 8) uint32)."""
     from pipeline.dedup.autoencoder import encode_thumbs
 
     bits = binarize(encode_thumbs(model, thumbs))

@@ -2,19 +2,20 @@
 
 1. Candidates (multi-index hashing, Norouzi et al. 2012). The 128-bit code is split into
    four 32-bit keys (``hashing.choose_key_groups``: balanced, crop-stable, decorrelated
-   units; the first is the design's 32-bit hash key). A pair is a candidate when one of its
-   keys is equal or differs in one bit and the full codes differ in at most
-   ``max_distance`` bits. As the keys partition the code, every pair within Hamming
-   distance 7 is a candidate (pigeonhole: otherwise each key differs in 2 bits or more)
-   without comparing all pairs; pairs at 8-12 bits are found when a key is within one bit.
-   "Differs in at most bit b" is found by sorting the values with bit b cleared, so each
-   key costs 33 sorts; pairs are formed between neighbours in sort order within a
-   ``window``, items being ordered by their full code inside a bucket, so a degenerate
-   bucket (many blank frames) costs ``window x size``, not ``size^2``. Measured on the
-   quality benchmark's near-duplicate sets (five draws, a model trained on each): one key
-   probed at one bit plus the code quarters at radius 7 (the first scheme) gave recall
-   0.940-0.974 after confirmation; four balanced keys at radius 7, the same; at radius 12,
-   0.960-0.985 (no gain beyond 12; probing the first key at two bits instead: 0.957-0.978).
+   units; the first is the design's 32-bit hash key), and regrouped into four more
+   (``hashing.key_tables``). A pair is a candidate when one of its keys is equal or differs
+   in one bit and the full codes differ in at most ``max_distance`` bits. As each set of
+   four keys partitions the code, every pair within Hamming distance 7 is a candidate
+   (pigeonhole: otherwise each key differs in 2 bits or more) without comparing all pairs;
+   pairs at 8-12 bits are found when a key is within one bit. "Differs in at most bit b" is
+   found by sorting the values with bit b cleared, so each key costs 33 sorts; pairs are
+   formed between neighbours in sort order within a ``window``, items being ordered by
+   their full code inside a bucket, so a degenerate bucket (many blank frames) costs
+   ``window x size``, not ``size^2``. Measured on the quality benchmark's near-duplicate
+   sets (five draws, a model trained on each): one key probed at one bit plus the code
+   quarters at radius 7 (the first scheme) gave recall 0.940-0.974 after confirmation;
+   four balanced keys at radius 7, the same; at radius 12, 0.960-0.985 (no gain beyond 12;
+   probing the first key at two bits instead: 0.957-0.978); eight keys, +0.0 to +1.0 point.
    faiss's ``IndexBinaryMultiHash`` (nflip=1) probes 32-bit code slices the same way but
    scans whole buckets per query (quadratic when many codes are equal, e.g. blank frames);
    the sort-based tables keep every bucket's cost bounded by the window.
