@@ -65,6 +65,7 @@ def _hash(ds: Dataset, thumbs: np.ndarray, config: DedupConfig, hash_dir: Path,
           progress: bool) -> tuple[np.ndarray, np.ndarray, dict]:
     """Codes and keys of every item: from the cache, else trained/loaded model + encoding."""
     from pipeline.dedup.autoencoder import (
+        FORMAT_VERSION,
         AutoencoderConfig,
         load_autoencoder,
         save_autoencoder,
@@ -75,6 +76,7 @@ def _hash(ds: Dataset, thumbs: np.ndarray, config: DedupConfig, hash_dir: Path,
 
     ident = {k: v for k, v in config.identity(ds.root).items() if k != "search"}
     ident["input_finished"] = (ds.root / "COMPLETE").read_text().strip()
+    ident["format"] = FORMAT_VERSION  # codes and keys of another layout are recomputed
     meta_path = hash_dir / "hash.json"
     if meta_path.exists() and (hash_dir / "codes.npy").exists():
         meta = json.loads(meta_path.read_text())
