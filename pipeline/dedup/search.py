@@ -222,6 +222,7 @@ def _similarity(x: np.ndarray, y: np.ndarray, max_shift: int,
     s = max_shift
     if pairs is None:
         pairs = np.stack([np.arange(len(x)), np.arange(len(y))], axis=1)
+
     # Unit-norm centre windows: the unshifted correlation is a dot product of these.
     def unit_centres(a: np.ndarray) -> np.ndarray:
         c = a[:, s:32 - s, s:32 - s].reshape(len(a), -1)
@@ -235,6 +236,7 @@ def _similarity(x: np.ndarray, y: np.ndarray, max_shift: int,
         best[b:b + block] = np.einsum("ij,ij->i", centres[0][p[:, 0]], centres[1][p[:, 1]])
     todo = np.arange(len(pairs)) if decided is None else \
         np.flatnonzero((best >= decided[0]) & (best < decided[1]))
+
     def search(part: np.ndarray) -> None:
         for k in part.tolist():
             i, j = pairs[k]
@@ -305,7 +307,9 @@ def confirm(pairs: np.ndarray, codes: np.ndarray, thumbs, config: SearchConfig
         p, d, inv = p[agree], d[agree], inv[agree]
         if len(p) == 0:
             continue
-        prepared = np.concatenate(_in_threads(_prepare, small))
+        used, inv = np.unique(inv, return_inverse=True)  # only thumbnails still in a pair
+        inv = inv.reshape(p.shape)
+        prepared = np.concatenate(_in_threads(_prepare, small[used]))
         sim = _similarity(prepared, prepared, config.max_shift,
                           decided=(0.5, config.min_similarity), pairs=inv)
         ok = sim >= config.min_similarity

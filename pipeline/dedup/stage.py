@@ -6,7 +6,7 @@ items left out; the manifest keeps the input's fields plus ``source_id``),
 ``duplicate_of`` (a kept key), ``distance`` (code bits), ``similarity`` (pixel check)),
 ``review.png`` (random removed/kept pairs side by side, the paper's way of estimating false
 positives), and ``stats.json`` with the summary (removed count, group sizes).
-``hash/`` keeps the trained ``autoencoder.pt``, the packed ``codes.npy`` and the four 32-bit
+``hash/`` keeps the trained ``autoencoder.pt``, the packed ``codes.npy`` and the eight 32-bit
 keys ``keys.npy`` of every input item, so a rerun with other thresholds (``--overwrite``)
 does not re-encode.
 """
