@@ -176,17 +176,17 @@ def train_autoencoder(thumbs: np.ndarray, config: AutoencoderConfig | None = Non
     model.train()
     for epoch in range(config.epochs):
         order = torch.randperm(len(x), generator=gen).to(device)
-        total, count = 0.0, 0
+        total, count = torch.zeros((), device=device), 0  # summed on the device: no sync
         for s in range(steps_per_epoch):
             batch = x[order[s * config.batch_size:(s + 1) * config.batch_size]]
             loss = nn.functional.mse_loss(model(corrupt(batch)), batch)  # clean target
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(batch)
+            total += loss.detach() * len(batch)
             count += len(batch)
             bar.update(1)
-        loss_value = total / count
+        loss_value = float(total) / count
         bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
         log.debug("autoencoder epoch %d: loss %.4f", epoch + 1, loss_value)
     bar.close()
