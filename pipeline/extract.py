@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ExtractConfig:
     resolution: int = 64  # side of the stored square images (centre crop, anti-aliased)
-    workers: int = 0  # decoding processes; 0 = one per core
+    workers: int = 0  # decoding threads; 0 = one per core
     chunk: int = 64  # records per task handed to a worker (small: less idle tail at the end)
     rank: int = 0  # this shard's index when the source is split over machines
     world_size: int = 1  # number of shards (each writes its own dataset directory)
@@ -76,10 +76,13 @@ def prepare_chunk(task: tuple[int, int]) -> Chunk:
 
 
 def extract(source: Source, out: str | Path, config: ExtractConfig = ExtractConfig(),
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, threads: bool = True) -> dict[str, Any]:
     """Write ``source`` as a dataset directory at ``out``; returns its stats.
 
     A rerun with the same source and config is a no-op; an interrupted run resumes.
+    ``threads``: decode in threads of this process (the default: no pool to start, see
+    ``runner._run_in_threads``), else in worker processes, which leave this process's GIL
+    to other work running meanwhile (``dedup_lsun`` imports torch while it extracts).
     """
     if config.resolution < 8:
         raise UserError(f"resolution must be at least 8 (got {config.resolution})")
@@ -93,7 +96,8 @@ def extract(source: Source, out: str | Path, config: ExtractConfig = ExtractConf
         return {**Dataset(out).stats, "skipped": True}
     workers = run_stage(writer, prepare_chunk, write_chunk,
                         {"source": source, "resolution": config.resolution}, len(source),
-                        config, desc="extract", unit="img", progress=progress)
+                        config, desc="extract", unit="img", progress=progress,
+                        threads=threads)
     return writer.finish(source=source.describe(), workers=workers,
                          config=asdict(config))
 

@@ -1,8 +1,9 @@
 """LSUN scene databases: LMDB environments whose values are encoded images (mostly WebP).
 
-Safe in worker processes: each process opens its own read-only environment lazily (no
-locking, no readahead), and the key list, which takes a full scan to build, is cached
-outside the database (which may be read-only) and rebuilt when the database changes.
+Safe in worker processes and threads: each process opens its own read-only environment
+lazily (no locking, no readahead), shared by its threads (one transaction each); the key
+list, which takes a full scan to build, is cached outside the database (which may be
+read-only) and rebuilt when the database changes.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,6 +139,7 @@ class LsunSource:
 
 _ENVS: dict[str, object] = {}
 _ENVS_PID = -1
+_ENVS_LOCK = threading.Lock()
 
 
 def open_env(db: Path):
@@ -148,12 +151,13 @@ def open_env(db: Path):
         _ENVS.clear()
         _ENVS_PID = os.getpid()
     path = str(db.resolve())
-    if path not in _ENVS:
-        try:
-            _ENVS[path] = lmdb.open(path, readonly=True, lock=False, readahead=False,
-                                    meminit=False, max_readers=16)
-        except lmdb.Error as e:
-            raise UserError(f"cannot open LSUN database {db}: {e}") from e
+    with _ENVS_LOCK:  # decoding threads share this process's environment
+        if path not in _ENVS:
+            try:
+                _ENVS[path] = lmdb.open(path, readonly=True, lock=False, readahead=False,
+                                        meminit=False, max_readers=126)
+            except lmdb.Error as e:
+                raise UserError(f"cannot open LSUN database {db}: {e}") from e
     return _ENVS[path]
 
 

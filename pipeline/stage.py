@@ -51,10 +51,12 @@ def remaining_tasks(tasks: list[tuple[int, int]], position: int) -> list[tuple[i
 
 def run_stage(writer: DatasetWriter, fn: Callable[[tuple[int, int]], Any],
               write: Callable[[DatasetWriter, Any], int], state: dict[str, Any], n: int,
-              config: Parallelism, desc: str, unit: str, progress: bool = True) -> int:
+              config: Parallelism, desc: str, unit: str, progress: bool = True,
+              threads: bool = False) -> int:
     """Run ``fn`` on the records ``writer`` has not consumed yet and ``write`` each result,
     in order (``write`` returns how many records the result covers); returns the number of
-    worker processes. On any error or Ctrl-C the writer is checkpointed for a resume.
+    workers (processes, or ``threads`` of this process: ``runner.run_ordered``). On any
+    error or Ctrl-C the writer is checkpointed for a resume.
     """
     from tqdm import tqdm
 
@@ -65,7 +67,8 @@ def run_stage(writer: DatasetWriter, fn: Callable[[tuple[int, int]], Any],
     bar = tqdm(total=total, initial=total - sum(b - a for a, b in todo), unit=unit, desc=desc,
                disable=not progress, dynamic_ncols=True)
     try:
-        for result in run_ordered(fn, todo, state, min(workers, max(1, len(todo)))):
+        for result in run_ordered(fn, todo, state, min(workers, max(1, len(todo))),
+                                  threads):
             consumed = write(writer, result)
             writer.advance(consumed)
             bar.update(consumed)

@@ -229,7 +229,7 @@ def _warm_up_torch(device: str) -> threading.Thread:
     These fixed costs come before any training: importing torch takes ~2 s on the 2-core VM,
     the first ``torch.optim`` optimizer ~1.5-1.9 s more (it imports ``torch._dynamo``), and a
     CUDA context a second or more. Measured on 5,000 records (VM): ``dedup lsun`` 14.9 s
-    before, 13.6-14.5 s after; there the imports compete with the two decoding processes
+    before, 13.1-13.9 s after; there the imports compete with the two decoding processes
     for the two cores, so more cores hide them whole. Any failure here is ignored: the same
     steps run again in the foreground, where an error is reported.
     """
@@ -272,7 +272,9 @@ def dedup_lsun(source, out: str | Path, config: DedupConfig = DedupConfig(),
         same = json.loads(json.dumps(extract_config.identity(source), default=str))
         if Dataset(cache).config.get("config") == same:
             extract_config = replace(extract_config, overwrite=False)
-    ext = extract(source, cache, extract_config, progress=progress)
+    # Worker processes, not threads: the warm-up thread holds this process's GIL for
+    # seconds at a time (module imports), which would stall decoding threads.
+    ext = extract(source, cache, extract_config, progress=progress, threads=False)
     warm.join()
     stats = dedup(cache, out, config, progress, preserve=(EXTRACTED_DIR,))
     return {**stats, "extract_seconds": ext.get("seconds"),
