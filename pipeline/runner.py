@@ -19,6 +19,7 @@ from typing import Any
 from pipeline.errors import UserError
 
 _STATE: dict[str, Any] = {}
+MAX_THREADS = 8  # thread pools up to this size; larger ones are process pools
 
 
 def worker_state() -> dict[str, Any]:
@@ -62,13 +63,14 @@ def _run_in_threads(fn: Callable[[Any], Any], tasks: Iterable[Any], state: dict[
                     workers: int) -> Iterator[Any]:
     """``fn`` over ``tasks`` in threads, in order, at most ``2 * workers`` tasks ahead.
 
-    Extraction holds the GIL for ~27 us of the ~1.1 ms a record takes (WebP, 256 px: header
-    checks, slicing; OpenCV's decoding and resizing release it), so by that budget the GIL
-    saturates only near 40 threads (measured on 2 cores only). Threads start at once where a
-    process pool takes ~0.3 s (a fork server importing NumPy and OpenCV: 10% of a
-    5,000-record run on 2 cores), and results are not pickled between processes. Measured
-    (VM, 2 workers, 5,000 WebP records, three alternating runs each): 1,308-1,542 img/s with
-    processes, 1,412-1,691 with threads.
+    Threads start at once where a process pool takes ~0.3 s (a fork server importing NumPy
+    and OpenCV: 10% of a 5,000-record extraction on 2 cores), and results are not pickled
+    between processes. Measured (VM, 2 workers, 5,000 WebP records, alternating runs):
+    1,308-1,545 img/s with processes, 1,412-1,691 with threads. An extracted record holds
+    the GIL for ~45 us of the ~1.1 ms it takes on one core (~27 us of header checks and
+    slicing around OpenCV's calls, which release it, and ~14 us of writing), so the GIL
+    would cap extraction near 22,000 records/s: 8 threads use a third of that, and larger
+    pools (``MAX_THREADS``) are processes, where the GIL is not shared.
     """
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
@@ -100,14 +102,15 @@ def run_ordered(fn: Callable[[Any], Any], tasks: Iterable[Any], state: dict[str,
     """Yield ``fn(task)`` for each task, in order; ``workers <= 1`` runs in this process.
 
     ``threads``: run the tasks in ``workers`` threads of this process instead of a process
-    pool, for per-task work that spends its time in code that releases the GIL (decoding).
+    pool, for per-task work that spends its time in code that releases the GIL (decoding),
+    up to ``MAX_THREADS`` workers; more go to processes (see ``_run_in_threads``).
     """
     if workers <= 1:
         with _in_this_process(state):
             for t in tasks:
                 yield fn(t)
         return
-    if threads:
+    if threads and workers <= MAX_THREADS:
         yield from _run_in_threads(fn, tasks, state, workers)
         return
     # Not fork: a parent that has used OpenCV's or torch's thread pools deadlocks children

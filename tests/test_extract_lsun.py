@@ -353,3 +353,24 @@ def test_a_dead_worker_is_an_error_not_a_hang():
 
     with pytest.raises(UserError, match="worker process died"):
         list(run_ordered(_die_on_second, range(6), {}, 2))
+
+
+def _where(task: int) -> tuple[int, int, str]:
+    import os
+    import threading
+
+    return task, os.getpid(), threading.current_thread().name
+
+
+def test_thread_pools_keep_order_and_large_pools_are_processes():
+    import os
+
+    from pipeline.runner import MAX_THREADS, run_ordered
+
+    out = list(run_ordered(_where, range(40), {}, 2, threads=True))
+    assert [t for t, _, _ in out] == list(range(40))
+    assert {pid for _, pid, _ in out} == {os.getpid()}  # threads of this process
+    assert all(name.startswith("decode") for _, _, name in out)
+    out = list(run_ordered(_where, range(12), {}, MAX_THREADS + 1, threads=True))
+    assert [t for t, _, _ in out] == list(range(12))
+    assert os.getpid() not in {pid for _, pid, _ in out}  # worker processes
