@@ -213,7 +213,8 @@ def dedup_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output (cleaned) dataset directory."),
     model: Path | None = typer.Option(None, help="Reuse a trained autoencoder (e.g. "
                                       "OUT/hash/autoencoder.pt) instead of training."),
-    epochs: int = typer.Option(8, min=1, help="Autoencoder training passes."),
+    epochs: int = typer.Option(8, min=1, help="Autoencoder training passes (more on small "
+                               "sets, for at least 128 steps of 256 images)."),
     train_limit: int = typer.Option(20000, min=1, help="Train on a random subset of this "
                                     "many images when the data is larger."),
     device: str = typer.Option("auto", help="auto, cuda or cpu."),
