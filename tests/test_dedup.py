@@ -126,8 +126,24 @@ def test_save_load_roundtrip_and_bad_files(neardups, model, tmp_path):
 
 
 def test_too_few_images_is_a_clear_error(neardups):
-    with pytest.raises(UserError, match="at least 256"):
-        train_autoencoder(neardups[1][:40], FAST, progress=False)
+    with pytest.raises(UserError, match="at least 32"):
+        train_autoencoder(neardups[1][:20], FAST, progress=False)
+
+
+def test_a_small_collection_trains_enough_to_find_its_duplicates(neardups):
+    """60-odd images: one pass is a single step, so min_steps makes the training."""
+    ds, thumbs = neardups
+    group = np.asarray(ds.group)
+    keep = np.flatnonzero(np.isin(group, np.unique(group)[:48]))  # whole groups
+    model = train_autoencoder(thumbs[keep], AutoencoderConfig(epochs=1, min_steps=128),
+                              device="cpu", progress=False)
+    assert model.config["steps"] >= 128  # one pass would be one step
+    codes, keys = hash_thumbs(model, thumbs[keep])
+    result = find_duplicates(codes, keys, thumbs[keep], SearchConfig())
+    g = group[keep]
+    removed = result.removed
+    assert len(removed) >= 0.9 * (len(keep) - len(np.unique(g)))
+    assert (g[result.duplicate_of[removed]] == g[removed]).all()
 
 
 def test_find_duplicates_on_real_near_duplicates(neardups, model):

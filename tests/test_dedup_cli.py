@@ -100,8 +100,8 @@ def test_rerun_threshold_change_and_model_reuse(neardup_db, deduped, tmp_path):
 def test_bad_inputs_are_one_line_errors(neardup_db, tmp_path):
     db, _, _ = neardup_db
     few = tmp_path / "few"
-    r = run_cli("dedup", "lsun", str(db), "--out", str(few), "--limit", "40", "-q")
-    assert r.returncode == 2 and "at least 256" in r.stderr and "--model" in r.stderr
+    r = run_cli("dedup", "lsun", str(db), "--out", str(few), "--limit", "20", "-q")
+    assert r.returncode == 2 and "at least 32" in r.stderr and "--model" in r.stderr
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"nope")
     r = run_cli("dedup", str(few / "extracted"), "--out", str(tmp_path / "o"),
