@@ -15,7 +15,7 @@ if [ "$QUICK" = 1 ]; then T_TEST=70 T_BENCH=80 IMAGES=2048; else T_TEST=120 T_BE
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $PY -c "import torch, torchvision, cv2; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cv2', cv2.__version__, 'cuda', torch.cuda.is_available())"
   echo "== $(date -u +%H:%M:%S) gpu tests"
-  timeout $T_TEST $PY -m pytest -q -m gpu tests/test_train_gpu.py -p no:cacheprovider 2>&1 | tail -30
+  timeout $T_TEST $PY -m pytest -q -m gpu tests/test_train_gpu.py tests/test_dedup_gpu.py -p no:cacheprovider 2>&1 | tail -30
   echo "== $(date -u +%H:%M:%S) benchmark: reference vs ours (eager, graph)"
   timeout $T_BENCH $PY benchmarks/train_throughput.py --images $IMAGES --modes eager graph \
     --json "$OUT/bench.json"
