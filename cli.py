@@ -34,7 +34,9 @@ log = logging.getLogger("dcgan_curate")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary.")
 DryRunOpt = typer.Option(False, "--dry-run", help="Print the resolved config and exit.")
 WorkersOpt = typer.Option(0, "--workers", "-j", min=0,
-                          help="Worker processes; 0 = one per core.")
+                          help="Parallel workers; 0 = one per core. extract decodes in "
+                          "threads (processes beyond 8); detect-faces and dedup lsun use "
+                          "processes.")
 OverwriteOpt = typer.Option(False, "--overwrite",
                             help="Replace a different finished dataset in --out.")
 
