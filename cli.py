@@ -215,8 +215,10 @@ def dedup_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output (cleaned) dataset directory."),
     model: Path | None = typer.Option(None, help="Reuse a trained autoencoder (e.g. "
                                       "OUT/hash/autoencoder.pt) instead of training."),
-    epochs: int = typer.Option(8, min=1, help="Autoencoder training passes (more on small "
-                               "sets, for at least 128 steps of 256 images)."),
+    steps: int | None = typer.Option(None, min=1, help="Autoencoder optimizer steps "
+                                     "(batches of 256 thumbnails); default 128."),
+    epochs: int | None = typer.Option(None, min=1, help="Instead of --steps: autoencoder "
+                                      "passes over the training (sub)set."),
     train_limit: int = typer.Option(20000, min=1, help="Train on a random subset of this "
                                     "many images when the data is larger."),
     device: str = typer.Option("auto", help="auto, cuda or cpu."),
@@ -251,9 +253,12 @@ def dedup_cmd(
         raise UserError("give one dataset directory, or `lsun` followed by databases")
     if is_lsun and len(sources) == 1:
         raise UserError("give at least one LSUN database after `lsun`")
+    if steps is not None and epochs is not None:
+        raise UserError("give --steps or --epochs, not both")
     config = DedupConfig(
-        model=str(model) if model else None, epochs=epochs, train_limit=train_limit,
-        device=device, seed=seed, limit=None if is_lsun else limit, overwrite=overwrite,
+        model=str(model) if model else None, steps=steps or DedupConfig.steps, epochs=epochs,
+        train_limit=train_limit, device=device, seed=seed, limit=None if is_lsun else limit,
+        overwrite=overwrite,
         search=SearchConfig(max_distance=max_distance, min_similarity=min_similarity,
                             max_dct_distance=max_dct_distance))
     if is_lsun:

@@ -84,7 +84,8 @@ def main() -> None:
     ap.add_argument("--half", type=int, default=1, help="0: tuning photos, 1: held out")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=None, help="autoencoder epochs override")
+    ap.add_argument("--steps", type=int, default=None, help="autoencoder steps override")
+    ap.add_argument("--epochs", type=int, default=None, help="autoencoder passes instead")
     ap.add_argument("--sheet", type=Path, default=None,
                     help="save our false removals (removed | kept) to this PNG")
     args = ap.parse_args()
@@ -112,7 +113,7 @@ def main() -> None:
 
     rows = []
     t0 = time.perf_counter()
-    ae = AutoencoderConfig() if args.epochs is None else AutoencoderConfig(epochs=args.epochs)
+    ae = AutoencoderConfig(steps=args.steps or AutoencoderConfig.steps, epochs=args.epochs)
     model = train_autoencoder(thumbs, ae, progress=False)
     t_train = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -60,11 +60,10 @@ def autoencoder_for(thumbs: np.ndarray, config: MemorizationConfig, device: str,
         if path.is_dir():
             path = path / "hash" / "autoencoder.pt"
         return load_autoencoder(path, device)
-    # Small training sets need more steps than the dedup default gives: with too few, most
-    # code bits stay dead and every image hashes alike (measured on 1,000 Fashion-MNIST
-    # thumbnails: 71 distinct codes after 32 steps, 159 after 120).
-    ae = AutoencoderConfig(epochs=config.epochs or AutoencoderConfig.epochs,
-                           min_steps=0 if config.epochs else 300, seed=config.seed)
+    # More steps than dedup's 128: with too few, most code bits stay dead on a small
+    # training set and every image hashes alike (measured on 1,000 Fashion-MNIST thumbnails:
+    # 71 distinct codes after 32 steps, 159 after 120).
+    ae = AutoencoderConfig(steps=300, epochs=config.epochs, seed=config.seed)
     return train_autoencoder(thumbs, ae, device=device, progress=progress)
 
 

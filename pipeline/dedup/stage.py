@@ -46,8 +46,8 @@ _WRITE_BLOCK = 1024  # items written at once, then a commit point (per item: 60 
 @dataclass(frozen=True)
 class DedupConfig:
     model: str | None = None  # a saved autoencoder to reuse instead of training one
-    epochs: int = 8  # autoencoder training passes over the (sub)set ...
-    min_steps: int = 128  # ... or more, for at least this many optimizer steps (small sets)
+    steps: int = 128  # autoencoder optimizer steps (batches of 256 thumbnails)
+    epochs: int | None = None  # instead of steps: passes over the training (sub)set
     train_limit: int = 20000  # random training subset size when the data is larger
     device: str = "auto"  # auto | cuda | cpu, for training and hashing
     seed: int = 0  # training subset, initialization, review-sheet sample
@@ -60,7 +60,7 @@ class DedupConfig:
         """What determines the output (the device and review sheet do not)."""
         return {"input": str(dataset.resolve()), "limit": self.limit,
                 "model": str(Path(self.model).resolve()) if self.model else None,
-                "epochs": self.epochs, "min_steps": self.min_steps,
+                "steps": self.steps, "epochs": self.epochs,
                 "train_limit": self.train_limit, "seed": self.seed,
                 "search": asdict(self.search)}
 
@@ -93,7 +93,7 @@ def _hash(ds: Dataset, thumbs: np.ndarray, config: DedupConfig, hash_dir: Path,
         model = load_autoencoder(config.model, device)
         trained = False
     else:
-        ae = AutoencoderConfig(epochs=config.epochs, min_steps=config.min_steps,
+        ae = AutoencoderConfig(steps=config.steps, epochs=config.epochs,
                                train_limit=config.train_limit,
                                seed=config.seed)
         model = train_autoencoder(thumbs, ae, device, progress).to(device)
