@@ -165,7 +165,8 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
         "faces": {"photos": fstats.get("read"), "faces_kept": fstats.get("kept"),
                   "dropped": fstats.get("dropped"), "sheet": str(faces / "kept.png"),
                   "path": str(faces)},
-        "train": {"steps": tresult.get("step"), "device": tresult.get("device"),
+        "train": {"steps": tresult.get("step"), "steps_run": tresult.get("steps_run"),
+                  "device": tresult.get("device"),
                   "img_per_s": round(tresult.get("img_per_s", 0)), "samples": grid,
                   "loss_curve": str(run / "loss.png"), "path": str(run)},
         "seconds": times,
@@ -180,6 +181,7 @@ def format_report(r: dict[str, Any]) -> str:
     drops = ", ".join(f"{n} {k}" for k, n in (d["dropped"] or {}).items()) or "none"
     fdrops = ", ".join(f"{n} {k}" for k, n in (f["dropped"] or {}).items()) or "none"
     laps = ", ".join(f"{k} {v}s" for k, v in s.items())
+    rate = f"{t['img_per_s']} img/s" if t.get("steps_run") else "already trained"
     return "\n".join([
         f"Demo finished in {sum(s.values()):.0f}s ({laps}).",
         f"1. LSUN database: {r['lsun']['records']} records, {r['lsun']['planted_duplicates']} "
@@ -190,7 +192,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"   Review the removed/kept pairs: {d['review_sheet']}",
         f"3. detect-faces: {f['photos']} photos, {f['faces_kept']} faces kept, "
         f"dropped: {fdrops}. Faces: {f['sheet']}",
-        f"4. train: {t['steps']} steps on {t['device']} ({t['img_per_s']} img/s). "
+        f"4. train: {t['steps']} steps on {t['device']} ({rate}). "
         f"Samples: {t['samples']}; losses: {t['loss_curve']}",
         "   (a few minutes of CPU training gives colour and layout, not scenes: the paper's "
         "samples take hours on a GPU)",
