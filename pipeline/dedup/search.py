@@ -143,8 +143,11 @@ def _table_pairs(values: np.ndarray, rank: np.ndarray, window: int,
 def _unique_pairs(p: np.ndarray, n: int) -> np.ndarray:
     if len(p) == 0:
         return np.zeros((0, 2), np.int64)
-    p = np.sort(p.astype(np.int64), axis=1)
-    u = np.unique(p[:, 0] * n + p[:, 1])
+    p = p.astype(np.int64)
+    u = np.sort(np.minimum(p[:, 0], p[:, 1]) * n + np.maximum(p[:, 0], p[:, 1]))
+    # A sort and a mask, not np.unique: NumPy 2.4's np.unique took 1.1 s on 1.1M pairs
+    # (its hash-based path), the sort 0.02 s.
+    u = u[np.r_[True, u[1:] != u[:-1]]]
     return np.stack([u // n, u % n], axis=1)
 
 
