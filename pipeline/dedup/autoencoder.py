@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.dedup.hashing import key_tables
+from pipeline.dedup.hashing import binarize, choose_key_groups, crop_views, key_tables
 from pipeline.devices import resolve_device
 from pipeline.errors import UserError
 
@@ -148,8 +148,6 @@ def train_autoencoder(thumbs: np.ndarray, config: AutoencoderConfig | None = Non
     ``UserError`` when there are fewer than ``config.min_images``.
     """
     from tqdm import tqdm
-
-    from pipeline.dedup.hashing import binarize, choose_key_groups, crop_views, key_tables
 
     config = config or AutoencoderConfig()
     _check_thumbs(thumbs)

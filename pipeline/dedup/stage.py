@@ -232,7 +232,7 @@ def _warm_up_torch(device: str) -> threading.Thread:
     These fixed costs come before any training: importing torch takes ~2 s on the 2-core VM,
     the first ``torch.optim`` optimizer ~1.5-1.9 s more (it imports ``torch._dynamo``), and a
     CUDA context a second or more. Measured on 5,000 records (VM): ``dedup lsun`` 14.9 s
-    before, 13.1-13.9 s after; there the imports compete with the two decoding processes
+    before, 12.5-13.9 s after; there the imports compete with the two decoding processes
     for the two cores, so more cores hide them whole. Any failure here is ignored: the same
     steps run again in the foreground, where an error is reported.
     """
