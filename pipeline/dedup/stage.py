@@ -225,16 +225,14 @@ def _carry_drops(writer: DatasetWriter, dataset: Path) -> int:
 
 
 def _warm_up_torch(device: str) -> threading.Thread:
-    """Import torch, build a throwaway optimizer and start CUDA (unless ``device`` is cpu) in
-    a background thread, while the extraction's worker processes decode and this process
-    mostly waits on them.
+    """Import torch and start CUDA (unless ``device`` is cpu) in a background thread, while
+    the extraction's worker processes decode and this process mostly waits on them.
 
-    These fixed costs come before any training: importing torch takes ~2 s on the 2-core VM,
-    the first ``torch.optim`` optimizer ~1.5-1.9 s more (it imports ``torch._dynamo``), and a
-    CUDA context a second or more. Measured on 5,000 records (VM): ``dedup lsun`` 14.9 s
-    before, 12.5-13.9 s after; there the imports compete with the two decoding processes
-    for the two cores, so more cores hide them whole. Any failure here is ignored: the same
-    steps run again in the foreground, where an error is reported.
+    These fixed costs come before any training: importing torch takes ~2 s on the 2-core VM
+    and a CUDA context a second or more. Measured on 5,000 records (VM): ``dedup lsun``
+    14.9 s before, 12.5-13.9 s after; there the imports compete with the two decoding
+    processes for the two cores, so more cores hide them whole. Any failure here is
+    ignored: the same steps run again in the foreground, where an error is reported.
     """
     import concurrent.futures.process  # noqa: F401  the extraction's modules are imported
     import multiprocessing.forkserver  # noqa: F401  first: no import races with the thread
@@ -243,7 +241,6 @@ def _warm_up_torch(device: str) -> threading.Thread:
         with contextlib.suppress(Exception):
             import torch
 
-            torch.optim.Adam([torch.zeros(1, requires_grad=True)])
             import pipeline.dedup.autoencoder  # noqa: F401
 
             if device != "cpu" and torch.cuda.is_available():
