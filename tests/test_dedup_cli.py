@@ -111,3 +111,10 @@ def test_bad_inputs_are_one_line_errors(neardup_db, tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr
     r = run_cli("dedup", "lsun", "--out", str(tmp_path / "o3"), "-q")
     assert r.returncode == 2 and "at least one LSUN database" in r.stderr
+    import torch
+
+    if not torch.cuda.is_available():  # refused before anything is decoded
+        r = run_cli("dedup", "lsun", str(db), "--out", str(tmp_path / "o4"), "--device",
+                    "cuda", "-q")
+        assert r.returncode == 2 and "no CUDA GPU" in r.stderr
+        assert not (tmp_path / "o4" / "extracted").exists()

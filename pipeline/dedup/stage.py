@@ -263,6 +263,12 @@ def dedup_lsun(source, out: str | Path, config: DedupConfig = DedupConfig(),
             and not (out / "COMPLETE").exists() and not config.overwrite:
         raise UserError(f"output {out} is not empty and is not a dedup output; choose an "
                         "empty or new --out, or pass --overwrite")
+    if config.device not in ("auto", "cpu"):
+        # An explicit --device cuda is checked before decoding, not after hours of it (this
+        # imports torch in the foreground: the warm-up below then finds it loaded).
+        from pipeline.devices import resolve_device
+
+        resolve_device(config.device)
     extract_config = extract_config or ExtractConfig(overwrite=config.overwrite)
     warm = _warm_up_torch(config.device)
     cache = out / EXTRACTED_DIR
