@@ -218,18 +218,22 @@ def _prepare(thumbs: np.ndarray) -> np.ndarray:
 def _similarity(x: np.ndarray, y: np.ndarray, max_shift: int,
                 decided: tuple[float, float] | None = None,
                 pairs: np.ndarray | None = None, block: int = 1024) -> np.ndarray:
-    """Best correlation of prepared images over shifts of ``x`` by up to ``max_shift`` px.
+    """Best correlation of prepared images over relative shifts of up to ``max_shift`` px.
 
     The correlation is OpenCV's ``TM_CCORR_NORMED`` of the centre of ``y`` (the template,
-    ``max_shift`` px in from each side) against ``x``. With ``pairs`` (M, 2), the pairs
+    ``max_shift`` px in from each side) against ``x``, and of ``x``'s centre against ``y``
+    when the first direction falls short: symmetric, so a pair scores the same whichever
+    item has the lower id. A crop shifts and zooms, which one direction's window can miss:
+    on the benchmark's six draws both directions raised mean recall 0.979 -> 0.981 (crops
+    0.915 -> 0.923) with the same removals of distinct images. With ``pairs`` (M, 2), the pairs
     are ``x[pairs[:, 0]]`` and ``y[pairs[:, 1]]`` (no per-pair copies); else ``x[i]`` and
     ``y[i]``. ``decided = (low, high)``: pairs whose unshifted correlation is below ``low``
     or at least ``high`` are not searched further (their value is the unshifted one). On the
     tuning half every near-duplicate pair that passes scores >= 0.61 unshifted, and 61-73%
     of the distinct candidate pairs score below 0.5, so ``(0.5, threshold)`` changes no
     decision. The unshifted correlation is one vectorized dot product per pair (in blocks of
-    ``block`` pairs: small temporaries); the shift search (5 x 5 shifts) is one
-    ``cv2.matchTemplate`` call per undecided pair, 15x faster than shifting arrays in NumPy.
+    ``block`` pairs: small temporaries); the shift search (5 x 5 shifts) is one or two
+    ``cv2.matchTemplate`` calls per undecided pair, 15x faster than shifting arrays in NumPy.
     """
     import cv2
 
@@ -251,11 +255,16 @@ def _similarity(x: np.ndarray, y: np.ndarray, max_shift: int,
     todo = np.arange(len(pairs)) if decided is None else \
         np.flatnonzero((best >= decided[0]) & (best < decided[1]))
 
+    enough = np.inf if decided is None else decided[1]
+
     def search(part: np.ndarray) -> None:
         for k in part.tolist():
             i, j = pairs[k]
-            best[k] = cv2.matchTemplate(x[i], y[j, s:32 - s, s:32 - s],
-                                        cv2.TM_CCORR_NORMED).max()
+            v = cv2.matchTemplate(x[i], y[j, s:32 - s, s:32 - s], cv2.TM_CCORR_NORMED).max()
+            if v < enough:  # and the other way round: x's centre over shifts of y
+                v = max(v, cv2.matchTemplate(y[j], x[i, s:32 - s, s:32 - s],
+                                             cv2.TM_CCORR_NORMED).max())
+            best[k] = v
 
     if s > 0:
         _in_threads(search, todo)
