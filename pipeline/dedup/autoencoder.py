@@ -76,9 +76,8 @@ def standardize(x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
     The blur is separable, so it is two matrix products per chunk (rows, then columns with
     the colour channels interleaved): 3x faster on the CPU than padded depthwise
     convolutions; written into one preallocated output (concatenating chunks at the end
-    cost ~15% more: 29-30 vs 22-26 us per image on the VM). The std is
-    floored so that flat images (a blank frame) stay near zero instead of amplifying
-    encoder noise.
+    cost ~15% more: 29-30 vs 22-26 us per image on the VM). The std is floored so that
+    flat images (a blank frame) stay near zero instead of amplifying encoder noise.
     """
     b = _blur_matrix(BLUR_SIGMA).to(x.device)
     cols = torch.kron(b.T.contiguous(), torch.eye(3, device=x.device))  # (96, 96)

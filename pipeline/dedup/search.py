@@ -206,8 +206,8 @@ def _prepare(thumbs: np.ndarray) -> np.ndarray:
         low = cv2.GaussianBlur(low, (0, 0), 1.5, borderType=cv2.BORDER_REFLECT)
         low = cv2.resize(low, (32, 32), interpolation=cv2.INTER_LINEAR)
         out[s:s + k] = (fine - low).reshape(32, 32, k, 3).transpose(2, 0, 1, 3)
-    # Per-image mean and std over the flat rows: NumPy's reductions over axes (1, 2, 3)
-    # took 30-60 us per image, half of this function; these 5.
+    # Per-image mean and std over flat rows: NumPy's reductions over axes (1, 2, 3) took
+    # 30-60 us per image, half of this function; these take ~5.
     flat = out.reshape(len(out), -1)
     flat -= flat.mean(axis=1, keepdims=True)
     std = np.sqrt(np.einsum("ij,ij->i", flat, flat) / max(1, flat.shape[1]))
@@ -225,9 +225,9 @@ def _similarity(x: np.ndarray, y: np.ndarray, max_shift: int,
     when the first direction falls short: symmetric, so a pair scores the same whichever
     item has the lower id. A crop shifts and zooms, which one direction's window can miss:
     on the benchmark's six draws both directions raised mean recall 0.979 -> 0.981 (crops
-    0.915 -> 0.923) with the same removals of distinct images. With ``pairs`` (M, 2), the pairs
-    are ``x[pairs[:, 0]]`` and ``y[pairs[:, 1]]`` (no per-pair copies); else ``x[i]`` and
-    ``y[i]``. ``decided = (low, high)``: pairs whose unshifted correlation is below ``low``
+    0.915 -> 0.923) with the same removals of distinct images. With ``pairs`` (M, 2), the
+    pairs are ``x[pairs[:, 0]]`` and ``y[pairs[:, 1]]`` (no per-pair copies); else ``x[i]``
+    and ``y[i]``. ``decided = (low, high)``: pairs whose unshifted correlation is below ``low``
     or at least ``high`` are not searched further (their value is the unshifted one). On the
     tuning half every near-duplicate pair that passes scores >= 0.61 unshifted, and 61-73%
     of the distinct candidate pairs score below 0.5, so ``(0.5, threshold)`` changes no
