@@ -4,9 +4,14 @@ Both run on the same LSUN-format database of package-photo views (WebP, 256 px),
 process, each into a fresh directory. Prints both speeds, their ratio, the dedup overhead by
 step, and the ratio projected to LSUN bedroom's 3,033,042 images (training is a fixed cost:
 at most ``train_limit`` thumbnails; the other steps scale linearly). Run:
-    python benchmarks/dedup_e2e.py [--n 10000] [--workers 2] [--db DB]
+    python benchmarks/dedup_e2e.py [--n 10000] [--workers 2] [--db DB] [--dup-rate 0.09]
 The two commands are also timed whole (``python cli.py extract|dedup lsun``: interpreter
 start and imports included), as a user runs them.
+
+The default database (random views of ~10 photos) is far denser in near-duplicates than LSUN
+(half of it or more is removed). ``--dup-rate R`` builds one closer to LSUN's ~9% instead:
+distinct scenes are 2 x 2 mosaics of random tiles of the ~40 package and OpenCV photos, and a
+fraction R of them get one planted near-duplicate each (the quality benchmark's edits).
 """
 
 from __future__ import annotations
@@ -25,6 +30,39 @@ sys.path.insert(0, str(ROOT))
 LSUN_BEDROOM = 3_033_042
 
 
+def make_sparse_lsun(path: Path, n: int, dup_rate: float, seed: int = 0) -> Path:
+    """``n`` records: distinct mosaic scenes plus ``dup_rate`` of them near-duplicated."""
+    import cv2
+    import numpy as np
+
+    from pipeline.dedup.neardup import KINDS, all_photos, near_duplicate
+    from pipeline.samples import encode, lsun_key, write_lmdb
+
+    rng = np.random.default_rng(seed)
+    photos = [p for _, p in all_photos() if min(p.shape[:2]) >= 128]
+
+    def tile() -> np.ndarray:  # a random square region, 64 px to the photo's short side
+        p = photos[int(rng.integers(len(photos)))]
+        h, w = p.shape[:2]
+        side = int(rng.integers(64, min(h, w) + 1))
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        t = cv2.resize(p[y:y + side, x:x + side], (128, 128), interpolation=cv2.INTER_AREA)
+        return t[:, ::-1] if rng.random() < 0.5 else t
+
+    def records():
+        n_dup = int(round(n * dup_rate / (1 + dup_rate)))
+        for i in range(n - n_dup):
+            img = np.concatenate([np.concatenate([tile(), tile()], 1),
+                                  np.concatenate([tile(), tile()], 1)], 0)
+            data = encode(img, "webp", 75)
+            yield lsun_key(rng), data
+            if i < n_dup:
+                kind = KINDS[i % len(KINDS)]
+                yield lsun_key(rng), near_duplicate(img, data, kind, rng)
+
+    return write_lmdb(path, records())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10000)
@@ -32,6 +70,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--db", type=Path, help="an existing LSUN-format database to use "
                     "instead of building one (--n is then its size)")
+    ap.add_argument("--dup-rate", type=float, help="build distinct mosaic scenes with this "
+                    "fraction near-duplicated (LSUN: ~0.09) instead of random photo views")
     args = ap.parse_args()
 
     import torch
@@ -45,7 +85,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="dedup-e2e-"))
     try:
         t0 = time.perf_counter()
-        db = args.db or make_lsun(tmp / "bench_lmdb", args.n, seed=0)
+        db = args.db or (make_sparse_lsun(tmp / "bench_lmdb", args.n, args.dup_rate)
+                         if args.dup_rate is not None
+                         else make_lsun(tmp / "bench_lmdb", args.n, seed=0))
         if not args.db:
             print(f"{args.n} records written in {time.perf_counter() - t0:.0f} s")
         source = LsunSource([db])
