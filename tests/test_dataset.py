@@ -134,3 +134,28 @@ def test_run_stopped_before_any_checkpoint_resumes(tmp_path):
     w2.add("k0", {"images": _img(0)})
     w2.advance()
     assert w2.finish()["kept"] == 1
+
+
+def test_copy_many_copies_rows_file_to_file_and_resumes(tmp_path):
+    """Rows of another dataset's memory map, copied in the kernel, in runs; the same bytes as
+    writing them through memory, and a checkpointed copy resumes like any write."""
+    src = DatasetWriter(tmp_path / "src", "test", {}, ARRAYS)
+    src.add_many([f"k{i}" for i in range(10)], {"images": np.stack([_img(i) for i in range(10)])})
+    src.finish()
+    images = Dataset(tmp_path / "src").images
+    rows = np.array([0, 1, 2, 5, 7, 8])  # three runs
+    via_copy = DatasetWriter(tmp_path / "a", "test", {}, ARRAYS)
+    via_copy.copy_many([f"k{i}" for i in rows[:3]], {"images": images}, rows[:3])
+    via_copy.advance(3)
+    via_copy.checkpoint()
+    via_copy.copy_many(["lost"], {"images": images}, np.array([9]))  # after the checkpoint
+    resumed = DatasetWriter(tmp_path / "a", "test", {}, ARRAYS)
+    assert resumed.kept == 3
+    resumed.copy_many([f"k{i}" for i in rows[3:]], {"images": images}, rows[3:])
+    resumed.finish()
+    via_memory = DatasetWriter(tmp_path / "b", "test", {}, ARRAYS)
+    via_memory.copy_many([f"k{i}" for i in rows], {"images": np.array(images)}, rows)
+    via_memory.finish()
+    for name in ("images.npy", "manifest.jsonl"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert [int(x[0, 0, 0]) for x in Dataset(tmp_path / "a").images] == rows.tolist()

@@ -174,14 +174,13 @@ def dedup(dataset: str | Path, out: str | Path, config: DedupConfig = DedupConfi
         carried = 0 if writer.position else _carry_drops(writer, dataset)
         bar = tqdm(total=n, initial=writer.position, desc="write", unit="img",
                    disable=not progress, dynamic_ncols=True)
-        rows = {k: np.asarray(a) for k, a in arrays.items()}  # plain views: no memmap overhead
+        sources = {k: ds.array(k) for k in arrays}  # whole memory maps: copied file to file
         for start in range(writer.position, n, _WRITE_BLOCK):
             block = np.arange(start, min(n, start + _WRITE_BLOCK))
             kept = block[dup_of[block] < 0]
-            writer.add_many([manifest[i]["key"] for i in kept],
-                            {k: a[kept] for k, a in rows.items()},
-                            [{**{k: v for k, v in manifest[i].items() if k not in ("id", "key")},
-                              "source_id": int(i)} for i in kept])
+            writer.copy_many([manifest[i]["key"] for i in kept], sources, kept,
+                             [{**{k: v for k, v in manifest[i].items() if k not in ("id", "key")},
+                               "source_id": int(i)} for i in kept])
             for i in block[dup_of[block] >= 0]:
                 writer.drop(manifest[i]["key"], "duplicate", file="duplicates",
                             duplicate_of=manifest[dup_of[i]]["key"],
