@@ -48,9 +48,37 @@ class Generator(nn.Module):
         self.main = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if z.dim() == 2:
-            z = z[:, :, None, None]
-        return self.main(z)
+        project, *rest = self.main
+        x = _project(z.flatten(1), project.weight)
+        for layer in rest:
+            x = layer(x)
+        return x
+
+
+def _channels_last(w: torch.Tensor) -> bool:
+    return not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)
+
+
+def _project(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """G's first layer, ConvTranspose2d(nz, C, 4, 1, 0) on a 1 x 1 input, as the matrix
+    product it is: (N, nz) @ (nz, C*4*4), laid out as the weight is (channels-last or not).
+
+    Through cuDNN a 1 x 1 input has no layout of its own and the output came back NCHW in a
+    channels-last model (every later layer then converted it, and torch.compile's expected
+    strides disagreed with the real ones); the product's layout is explicit."""
+    n, c, k = len(z), w.shape[1], w.shape[2]
+    if _channels_last(w):
+        return (z @ w.permute(0, 2, 3, 1).reshape(len(w), -1)).view(n, k, k, c) \
+            .permute(0, 3, 1, 2)
+    return (z @ w.reshape(len(w), -1)).view(n, c, k, k)
+
+
+def _head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """D's last layer, Conv2d(C, 1, 4, 1, 0) on a 4 x 4 input, as a dot product per image in
+    the input's own layout (so its gradient has that layout too; see ``_project``)."""
+    if x.is_contiguous():
+        return x.flatten(1) @ w.flatten()
+    return x.permute(0, 2, 3, 1).flatten(1) @ w.permute(0, 2, 3, 1).flatten()
 
 
 class Discriminator(nn.Module):
@@ -84,7 +112,7 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             x = block(x)
-        return self.head(x).flatten()
+        return _head(x, self.head.weight)
 
 
 def weights_init(m: nn.Module) -> None:

@@ -116,14 +116,16 @@ class Trainer:
         loss_d.backward()
         self.opt_d.step()
         self.D.requires_grad_(False)  # G's step needs D's input gradient, not its weights'
-        with self._autocast():
-            # D itself, not its DDP wrapper: no D gradients to average here.
-            d_run = self.D if self.dist.enabled else self.d_run
-            loss_g = F.binary_cross_entropy_with_logits(d_run(fake).float(), self.ones)
-        self.opt_g.zero_grad(set_to_none=False)
-        loss_g.backward()
-        self.opt_g.step()
-        self.D.requires_grad_(True)
+        try:
+            with self._autocast():
+                # D itself, not its DDP wrapper: no D gradients to average here.
+                d_run = self.D if self.dist.enabled else self.d_run
+                loss_g = F.binary_cross_entropy_with_logits(d_run(fake).float(), self.ones)
+            self.opt_g.zero_grad(set_to_none=False)
+            loss_g.backward()
+            self.opt_g.step()
+        finally:  # also when this raises (a compile failure): the fallback step trains D
+            self.D.requires_grad_(True)
         self.acc.add_(torch.stack([loss_d.detach(), loss_g.detach(),
                                    torch.sigmoid(d_real.detach()).mean(),
                                    torch.sigmoid(d_fake.detach()).mean()]))

@@ -34,6 +34,36 @@ def test_shapes_range_and_features(res, blocks):
     assert [f.shape[1] for f in feats] == [8 * 2 ** i for i in range(blocks)]
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_project_and_head_are_the_layers_they_replace(channels_last):
+    """G's first layer and D's last run as matrix products in the model's layout; they compute
+    what the ConvTranspose2d / Conv2d modules (whose weights they use) compute, and keep the
+    layout: a channels-last model gives channels-last activations and input gradients."""
+    torch.manual_seed(0)
+    g, d = Generator(nz=20, ngf=8), Discriminator(ndf=8)
+    g.eval(), d.eval()  # running batch-norm statistics: the same function on every call
+    z = torch.rand(3, 20) * 2 - 1
+    x = torch.randn(3, 3, 64, 64)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    g_ref = g.main(z[:, :, None, None])
+    h = x
+    for block in d.blocks:
+        h = block(h)
+    d_ref = d.head(h).flatten()
+    g, d = g.to(memory_format=fmt), d.to(memory_format=fmt)
+    x = x.contiguous(memory_format=fmt).requires_grad_(True)
+    seen = []  # the project step's output, as the batch norm after it receives it
+    g.main[1].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    out = g(z)
+    torch.testing.assert_close(out, g_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(d(x), d_ref, rtol=1e-5, atol=1e-6)
+    assert seen[0].shape == (3, 64, 4, 4) and seen[0].is_contiguous(memory_format=fmt)
+    d(x).sum().backward()
+    assert out.is_contiguous(memory_format=fmt) and x.grad.is_contiguous(memory_format=fmt)
+    if channels_last:  # unambiguous (3 channels, 64 x 64): the layout really is channels-last
+        assert not out.is_contiguous() and not x.grad.is_contiguous()
+
+
 def test_paper_architecture_64():
     """§3: no pooling or fully connected layers; BN except G's output and D's input; ReLU in G
     with Tanh out; LeakyReLU(0.2) in D; D ends in a logit, not a sigmoid."""

@@ -202,3 +202,28 @@ def test_training_on_a_streamed_feed_equals_resident(data32):
         t.close()
         weights.append(t.G.state_dict())
     assert _equal_state(*weights)
+
+
+def test_a_failure_in_g_half_of_the_step_leaves_d_trainable(data32):
+    """G's half of the step freezes D's weights; if it raises (a torch.compile failure shows at
+    the first call, and the trainer then goes on without compiling), D is trainable again and
+    the next step trains both networks."""
+    t = Trainer(TrainConfig(**TINY, steps=2), Dataset(data32).images, torch.device("cpu"))
+    calls = []
+
+    def failing_d(x):
+        calls.append(1)
+        if len(calls) == 3:  # D's third call in a step is G's half
+            raise RuntimeError("compile failed")
+        return t.D(x)
+
+    t.d_run = failing_d
+    with pytest.raises(RuntimeError, match="compile failed"):
+        t.train_step()
+    assert all(p.requires_grad for p in t.D.parameters())
+    t.d_run = t.D
+    before = [p.detach().clone() for p in (*t.D.parameters(), *t.G.parameters())]
+    t.train_step()
+    after = [*t.D.parameters(), *t.G.parameters()]
+    assert all(not torch.equal(a, b) for a, b in zip(before, after))
+    t.close()
