@@ -146,6 +146,27 @@ def test_a_small_collection_trains_enough_to_find_its_duplicates(neardups):
     assert (g[result.duplicate_of[removed]] == g[removed]).all()
 
 
+def test_training_returns_the_codes_encoding_would_give(neardups):
+    """Trained on all of its data, the model has encoded every thumbnail (to choose its key
+    units); dedup reuses those activations instead of encoding again, so they must be
+    exactly ``encode_thumbs``'s, also across its batch and chunk boundaries (> 8192 rows)."""
+    from pipeline.dedup.autoencoder import encode_thumbs
+
+    _, thumbs = neardups
+    rng = np.random.default_rng(0)
+    reps = -(-9001 // len(thumbs))
+    x = np.concatenate([np.clip(thumbs.astype(np.int16) + rng.integers(-3, 4, thumbs.shape),
+                                0, 255).astype(np.uint8) for _ in range(reps)])[:9001]
+    model, acts = train_autoencoder(x, AutoencoderConfig(steps=3), "cpu", progress=False,
+                                    return_activations=True)
+    assert acts.shape == (9001, 128) and np.array_equal(acts, encode_thumbs(model, x))
+    codes, keys = hash_thumbs(model, x, acts)
+    assert np.array_equal(codes, hash_thumbs(model, x)[0])
+    _, none = train_autoencoder(x, AutoencoderConfig(steps=3, train_limit=4000), "cpu",
+                                progress=False, return_activations=True)
+    assert none is None  # trained on a subset: the rest still needs encoding
+
+
 def test_training_does_not_import_the_compiler_stack():
     """torch.optim's optimizer class imports torch._dynamo at its first step (1.3-1.9 s of
     fixed cost per dedup run on the VM); the autoencoder trains without it."""

@@ -167,11 +167,15 @@ def _check_thumbs(thumbs: np.ndarray) -> None:
 
 
 def train_autoencoder(thumbs: np.ndarray, config: AutoencoderConfig | None = None,
-                      device: str = "auto", progress: bool = True) -> Autoencoder:
+                      device: str = "auto", progress: bool = True,
+                      return_activations: bool = False):
     """Train the denoising autoencoder on ``thumbs`` and choose its key units.
 
     Uses a random subset of ``config.train_limit`` thumbnails when there are more. Raises
-    ``UserError`` when there are fewer than ``config.min_images``.
+    ``UserError`` when there are fewer than ``config.min_images``. With
+    ``return_activations``, returns ``(model, acts)``: ``acts`` are the trained model's code
+    activations of every thumbnail, exactly what ``encode_thumbs`` gives, when it trained on
+    all of them (the key choice encodes them anyway), else None.
     """
     from tqdm import tqdm
 
@@ -233,26 +237,42 @@ def train_autoencoder(thumbs: np.ndarray, config: AutoencoderConfig | None = Non
              "value, standardized units)", len(idx), step, epoch, loss_value)
     # Key groups: balanced, decorrelated and stable under crops of a few percent (measured
     # on the training data: how often each unit flips between an image and a cropped view).
-    with torch.no_grad():
-        bits = binarize(model.encode(x).cpu().numpy())
+    acts = encode_standardized(model, x)
+    bits = binarize(acts)
     sample = idx[:5000]
     views = crop_views(np.asarray(thumbs[sample]), rng)
     flips = (binarize(encode_thumbs(model, views)) != bits[:len(sample)]).mean(axis=0)
     units = key_tables(choose_key_groups(bits, KEY_BITS, flips))
     model.key_units = torch.as_tensor(units, dtype=torch.long, device=device)
+    if return_activations:
+        return model.cpu(), (acts if len(idx) == n else None)
     return model.cpu()
 
 
+ENCODE_BATCH = 8192  # a multiple of standardize's chunk: the same rows in the same products
+
+
 @torch.no_grad()
-def encode_thumbs(model: Autoencoder, thumbs: np.ndarray, batch: int = 8192) -> np.ndarray:
+def encode_thumbs(model: Autoencoder, thumbs: np.ndarray) -> np.ndarray:
     """(N, 32, 32, 3) uint8 -> (N, 128) float32 code-layer activations (post-ReLU)."""
     _check_thumbs(thumbs)
     model.eval()
     dev = next(model.parameters()).device
     out = np.empty((len(thumbs), model.code_bits), np.float32)
-    for s in range(0, len(thumbs), batch):
-        x = standardize(torch.from_numpy(np.array(thumbs[s:s + batch])).to(dev))
-        out[s:s + batch] = model.encode(x).cpu().numpy()
+    for s in range(0, len(thumbs), ENCODE_BATCH):
+        x = standardize(torch.from_numpy(np.array(thumbs[s:s + ENCODE_BATCH])).to(dev))
+        out[s:s + ENCODE_BATCH] = model.encode(x).cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def encode_standardized(model: Autoencoder, x: torch.Tensor) -> np.ndarray:
+    """``encode_thumbs`` of thumbnails already standardized (as one ``standardize`` call):
+    the same batches, so the same activations, bit for bit."""
+    model.eval()
+    out = np.empty((len(x), model.code_bits), np.float32)
+    for s in range(0, len(x), ENCODE_BATCH):
+        out[s:s + ENCODE_BATCH] = model.encode(x[s:s + ENCODE_BATCH]).cpu().numpy()
     return out
 
 

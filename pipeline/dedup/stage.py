@@ -89,6 +89,7 @@ def _hash(ds: Dataset, thumbs: np.ndarray, config: DedupConfig, hash_dir: Path,
             return np.load(hash_dir / "codes.npy"), np.load(hash_dir / "keys.npy"), meta
     t0 = time.perf_counter()
     device = resolve_device(config.device)
+    acts = None
     if config.model:
         model = load_autoencoder(config.model, device)
         trained = False
@@ -96,10 +97,12 @@ def _hash(ds: Dataset, thumbs: np.ndarray, config: DedupConfig, hash_dir: Path,
         ae = AutoencoderConfig(steps=config.steps, epochs=config.epochs,
                                train_limit=config.train_limit,
                                seed=config.seed)
-        model = train_autoencoder(thumbs, ae, device, progress).to(device)
+        # Trained on every thumbnail (up to train_limit), it has encoded them all already.
+        model, acts = train_autoencoder(thumbs, ae, device, progress, return_activations=True)
+        model = model.to(device)
         trained = True
     t1 = time.perf_counter()
-    codes, keys = hash_thumbs(model, thumbs)
+    codes, keys = hash_thumbs(model, thumbs, acts)
     t2 = time.perf_counter()
     hash_dir.mkdir(parents=True, exist_ok=True)
     save_autoencoder(model, hash_dir / "autoencoder.pt")
