@@ -5,6 +5,9 @@
 # then a kernel profile of the batch-1024 step with a sweep over batch sizes.
 # Everything is tee'd to $OUT/log. On an H100 (2026-11-27) the full check took ~4 minutes.
 # Usage on the device machine: [QUICK=1] bash benchmarks/gpu_check.sh  (OUT defaults ./gpu-out)
+# Needs the project's dependencies importable there (the H100 image of 2026-11 had all but
+# lmdb: install its wheel first, e.g. pip install --target /tmp/site lmdb-*.whl and put
+# /tmp/site on PYTHONPATH; this script keeps an existing PYTHONPATH).
 set -u
 OUT=${OUT:-gpu-out}
 QUICK=${QUICK:-0}
