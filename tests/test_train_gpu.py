@@ -78,3 +78,22 @@ def test_streamed_feed_matches_resident_on_gpu(data64):
             assert torch.equal(resident.batch(s), streamed.batch(s)), s
     finally:
         streamed.close()
+
+
+def test_compile_speed_runs_compiled_and_matches_eager(data64):
+    """``--speed compile``: torch.compile inside the CUDA graph, without falling back (it once
+    failed on a channels-last stride assertion and fell back to a step that could not train
+    D), computing what the eager step computes. Compiling takes tens of seconds."""
+    images = __import__("pipeline.dataset", fromlist=["Dataset"]).Dataset(data64).images
+    out = {}
+    for speed in ("eager", "compile"):
+        t = Trainer(_config(speed=speed, amp=False), images, CUDA)
+        for _ in range(8):
+            t.train_step()
+        out[speed] = t.read_metrics()
+        assert t.speed == speed and (speed == "eager" or t.graph is not None)
+        assert all(p.requires_grad for p in t.D.parameters())
+        t.close()
+    torch._dynamo.reset()
+    for k in out["eager"]:
+        assert out["compile"][k] == pytest.approx(out["eager"][k], rel=0.05, abs=0.02), k
