@@ -10,7 +10,7 @@ import torch
 from dcgan.checkpoint import TrainConfig, load_checkpoint, load_generator
 from dcgan.data import DataOrder, Feed
 from dcgan.train import Trainer, train
-from pipeline.dataset import DatasetWriter
+from pipeline.dataset import Dataset, DatasetWriter
 from pipeline.samples import package_photos, random_view
 
 pytestmark = pytest.mark.gpu
@@ -53,23 +53,32 @@ def test_graph_step_trains_and_resumes(data64, tmp_path):
     assert g(torch.rand(4, 100, device="cuda") * 2 - 1).isfinite().all()
 
 
+def _eight_steps(data64, speed: str) -> tuple[Trainer, dict[str, float]]:
+    """A trainer at ``speed`` (fp32) after 8 steps, closed, and its mean metrics; it did not
+    fall back to another speed."""
+    t = Trainer(_config(speed=speed, amp=False), Dataset(data64).images, CUDA)
+    for _ in range(8):
+        t.train_step()
+    metrics = t.read_metrics()
+    t.close()
+    assert t.speed == speed
+    return t, metrics
+
+
+def _assert_same_metrics(got: dict[str, float], eager: dict[str, float]) -> None:
+    for k in eager:
+        assert got[k] == pytest.approx(eager[k], rel=0.05, abs=0.02), k
+
+
 def test_graph_matches_eager_losses(data64):
     """Replaying the captured step computes what the eager step computes."""
-    images = __import__("pipeline.dataset", fromlist=["Dataset"]).Dataset(data64).images
-    out = {}
-    for speed in ("eager", "graph"):
-        t = Trainer(_config(speed=speed, amp=False), images, CUDA)
-        for _ in range(8):
-            t.train_step()
-        out[speed] = t.read_metrics()
-        assert t.speed == speed
-        t.close()
-    for k in out["eager"]:
-        assert out["graph"][k] == pytest.approx(out["eager"][k], rel=0.05, abs=0.02), k
+    _, eager = _eight_steps(data64, "eager")
+    _, graph = _eight_steps(data64, "graph")
+    _assert_same_metrics(graph, eager)
 
 
 def test_streamed_feed_matches_resident_on_gpu(data64):
-    images = __import__("pipeline.dataset", fromlist=["Dataset"]).Dataset(data64).images
+    images = Dataset(data64).images
     order = DataOrder(len(images), 128, seed=2, device=CUDA)
     resident = Feed(images, order, CUDA, resident=True)
     streamed = Feed(images, DataOrder(len(images), 128, seed=2), CUDA, resident=False)
@@ -84,16 +93,10 @@ def test_compile_speed_runs_compiled_and_matches_eager(data64):
     """``--speed compile``: torch.compile inside the CUDA graph, without falling back (it once
     failed on a channels-last stride assertion and fell back to a step that could not train
     D), computing what the eager step computes. Compiling takes tens of seconds."""
-    images = __import__("pipeline.dataset", fromlist=["Dataset"]).Dataset(data64).images
-    out = {}
-    for speed in ("eager", "compile"):
-        t = Trainer(_config(speed=speed, amp=False), images, CUDA)
-        for _ in range(8):
-            t.train_step()
-        out[speed] = t.read_metrics()
-        assert t.speed == speed and (speed == "eager" or t.graph is not None)
-        assert all(p.requires_grad for p in t.D.parameters())
-        t.close()
-    torch._dynamo.reset()
-    for k in out["eager"]:
-        assert out["compile"][k] == pytest.approx(out["eager"][k], rel=0.05, abs=0.02), k
+    _, eager = _eight_steps(data64, "eager")
+    try:
+        t, compiled = _eight_steps(data64, "compile")
+    finally:
+        torch._dynamo.reset()
+    assert t.graph is not None and all(p.requires_grad for p in t.D.parameters())
+    _assert_same_metrics(compiled, eager)
