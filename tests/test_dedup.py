@@ -53,6 +53,18 @@ def _originals(ds):
     return kinds, dups, np.array([first[int(ds.group[i])] for i in dups])
 
 
+def test_keys_from_bits_puts_unit_j_at_bit_j():
+    rng = np.random.default_rng(3)
+    bits = rng.random((50, 128)) < 0.5
+    units = rng.permutation(128)[:64].reshape(2, 32)
+    keys = keys_from_bits(bits, units)
+    expect = [[sum(int(bits[i, u]) << j for j, u in enumerate(g)) for g in units]
+              for i in range(len(bits))]
+    assert keys.dtype == np.uint32 and keys.shape == (50, 2) and keys.tolist() == expect
+    assert keys_from_bits(bits, units[1]).tolist() == [e[1] for e in expect]
+    assert max(expect)[0] > 2**31  # the top bit is used (uint32, not int32)
+
+
 def test_training_hashing_and_keys(neardups, model):
     ds, thumbs = neardups
     assert len(thumbs) >= 256

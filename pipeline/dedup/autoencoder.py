@@ -26,7 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.dedup.hashing import binarize, choose_key_groups, crop_views, key_tables
+from pipeline.dedup.hashing import (
+    KEY_BITS,
+    binarize,
+    choose_key_groups,
+    crop_views,
+    key_tables,
+)
 from pipeline.devices import resolve_device
 from pipeline.errors import UserError
 
@@ -36,7 +42,6 @@ FORMAT_VERSION = 2  # bump when the saved layout or the input normalization chan
 # (2: two partitions of the code into 32-unit keys instead of one key)
 THUMB_SHAPE = (32, 32, 3)
 MIN_TRAIN = 32  # refuse fewer (measured: 40-image sets, 128 steps, all duplicates found)
-KEY_BITS = 32  # a bucket key: 32 of the code units (the design's 32-bit codes)
 
 
 @dataclass(frozen=True)
