@@ -137,6 +137,9 @@ def demo_cmd(
     steps: int = typer.Option(600, min=1, help="DCGAN training steps."),
     device: str = typer.Option("auto", help="auto, cuda or cpu."),
     workers: int = WorkersOpt,
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Redo every stage instead of reusing finished ones "
+        "(replaces the demo's folders in --out: lsun, scenes, photos, faces, run)."),
     quiet: bool = QuietOpt,
 ) -> None:
     """Run every stage end to end on photos that ship with Python packages (no download).
@@ -151,7 +154,8 @@ def demo_cmd(
 
     setup_logging(quiet)
     report = run_demo(out, DemoConfig(scenes=scenes, steps=steps, device=device,
-                                      workers=workers), progress=not quiet)
+                                      workers=workers), progress=not quiet,
+                      overwrite=overwrite)
     if not quiet:
         typer.echo(format_report(report))
 

@@ -95,8 +95,12 @@ def build_face_folder(path: Path) -> list[str]:
 
 
 def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
-             progress: bool = True) -> dict[str, Any]:
-    """Run every stage into ``out``; returns the report (also written as report.json)."""
+             progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Run every stage into ``out``; returns the report (also written as report.json).
+
+    A rerun reuses every finished stage. ``overwrite`` redoes them all: it replaces the
+    demo's own subfolders of ``out`` (a rerun after an upgrade whose stages differ needs it).
+    """
     from dcgan.checkpoint import TrainConfig
     from dcgan.sampling import sample
     from dcgan.train import train
@@ -116,16 +120,23 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
 
     db = out / "lsun" / "demo_train_lmdb"
     truth_path = out / "lsun" / "planted.json"
-    if not truth_path.exists():  # written last: a half-built database is rebuilt
+    settings = {"scenes": config.scenes, "duplicates": config.duplicates, "seed": config.seed}
+    truth = json.loads(truth_path.read_text()) if truth_path.exists() else None
+    # planted.json is written last (a half-built database is rebuilt), with the settings
+    # that made the database (other settings make another one).
+    if overwrite or truth is None or truth.get("settings") != settings:
+        truth_path.unlink(missing_ok=True)
         shutil.rmtree(db, ignore_errors=True)
-        write_json(truth_path, build_scene_db(db, config))
-    truth = json.loads(truth_path.read_text())
+        truth = {**build_scene_db(db, config), "settings": settings}
+        write_json(truth_path, truth)
     lap("build data")
 
     scenes = out / "scenes"
     dstats = dedup_lsun(LsunSource([db]), scenes,
-                        DedupConfig(device=config.device, seed=config.seed),
-                        ExtractConfig(resolution=config.resolution, workers=config.workers),
+                        DedupConfig(device=config.device, seed=config.seed,
+                                    overwrite=overwrite),
+                        ExtractConfig(resolution=config.resolution, workers=config.workers,
+                                      overwrite=overwrite),
                         progress=progress)
     removed = read_jsonl(scenes / "duplicates.jsonl")
     removed_keys = {r["key"] for r in removed}
@@ -138,7 +149,8 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
     build_face_folder(photos)
     faces = out / "faces"
     fstats = detect_faces(FolderSource(photos), faces,
-                          FacesConfig(min_size=40, workers=config.workers), progress=progress)
+                          FacesConfig(min_size=40, workers=config.workers,
+                                      overwrite=overwrite), progress=progress)
     lap("faces")
 
     run = out / "run"
@@ -147,6 +159,8 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
                           device=config.device, sample_every=max(1, config.steps // 4),
                           log_every=max(1, config.steps // 40),
                           checkpoint_every=config.steps)
+    if overwrite:
+        shutil.rmtree(run, ignore_errors=True)
     resume = (run / "config.json").exists()
     tresult = train(scenes, run, tconfig, resume=resume, progress=progress)
     from dcgan.checkpoint import load_generator

@@ -12,11 +12,15 @@ from pipeline.dataset import Dataset
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _demo(out: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), "demo", "--out", str(out),
+                           "--steps", "4", "--device", "cpu", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
 def test_demo_reduced(tmp_path):
     out = tmp_path / "demo"
-    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "demo", "--out", str(out),
-                        "--scenes", "240", "--steps", "4", "--device", "cpu"],
-                       capture_output=True, text=True, timeout=600)
+    r = _demo(out, "--scenes", "240")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Demo finished" in r.stdout and "Traceback" not in r.stderr
     report = json.loads((out / "report.json").read_text())
@@ -34,7 +38,17 @@ def test_demo_reduced(tmp_path):
     for png in (d["review_sheet"], report["faces"]["sheet"], report["train"]["samples"]):
         assert Path(png).stat().st_size > 1000
     # a second run reuses every finished stage
-    r2 = subprocess.run([sys.executable, str(ROOT / "cli.py"), "demo", "--out", str(out),
-                         "--scenes", "240", "--steps", "4", "--device", "cpu", "-q"],
-                        capture_output=True, text=True, timeout=600)
+    r2 = _demo(out, "--scenes", "240", "-q")
     assert r2.returncode == 0, r2.stderr[-2000:]
+    # Other settings make another database; the finished stages are not replaced unless
+    # asked (the error says how), and --overwrite, which the error names, redoes them.
+    r3 = _demo(out, "--scenes", "250", "-q")
+    assert r3.returncode == 2 and "--overwrite" in r3.stderr, r3.stderr[-2000:]
+    assert "Traceback" not in r3.stderr and len(r3.stderr.strip().splitlines()) == 1
+    r4 = _demo(out, "--scenes", "250", "--overwrite", "-q")
+    assert r4.returncode == 0, r4.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["lsun"]["planted_duplicates"] == 50  # the new database, not the old one
+    d = report["dedup"]
+    assert d["kept"] + d["removed"] + 1 == report["lsun"]["records"]
+    assert len(Dataset(out / "scenes")) == d["kept"] and report["train"]["steps"] == 4
