@@ -259,14 +259,14 @@ ENCODE_BATCH = 8192  # a multiple of standardize's chunk: the same rows in the s
 
 @torch.no_grad()
 def encode_thumbs(model: Autoencoder, thumbs: np.ndarray) -> np.ndarray:
-    """(N, 32, 32, 3) uint8 -> (N, 128) float32 code-layer activations (post-ReLU)."""
+    """(N, 32, 32, 3) uint8 -> (N, 128) float32 code-layer activations (post-ReLU),
+    standardized a batch at a time (bounded memory)."""
     _check_thumbs(thumbs)
-    model.eval()
     dev = next(model.parameters()).device
     out = np.empty((len(thumbs), model.code_bits), np.float32)
     for s in range(0, len(thumbs), ENCODE_BATCH):
         x = standardize(torch.from_numpy(np.array(thumbs[s:s + ENCODE_BATCH])).to(dev))
-        out[s:s + ENCODE_BATCH] = model.encode(x).cpu().numpy()
+        out[s:s + ENCODE_BATCH] = encode_standardized(model, x)
     return out
 
 
