@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import typer
+os.environ.setdefault("TYPER_USE_RICH", "0")  # plain help and one-line errors; fast --help
 
-from pipeline.errors import UserError
+import typer  # noqa: E402
+
+from pipeline.errors import UserError  # noqa: E402
 
 app = typer.Typer(
     help="Curate image collections (LSUN near-duplicate removal, face datasets) and train "
@@ -26,49 +28,68 @@ app = typer.Typer(
 )
 extract_app = typer.Typer(help="Turn an image source into a dataset directory.",
                           no_args_is_help=True)
-app.add_typer(extract_app, name="extract", rich_help_panel="1. Curate data")
+app.add_typer(extract_app, name="extract", short_help="Turn LSUN databases or photo folders "
+              "into a dataset directory.")
 
-log = logging.getLogger("dcgan_curate")
+LOGGERS = ("pipeline", "dcgan", "demo", "cli")  # ours: other libraries' loggers stay quiet
+log = logging.getLogger("cli")
 
 # Options shared by several commands.
-QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress and no summary.")
 DryRunOpt = typer.Option(False, "--dry-run", help="Print the resolved config and exit.")
 WorkersOpt = typer.Option(0, "--workers", "-j", min=0,
                           help="Parallel workers; 0 = one per core. extract decodes in "
                           "threads (processes beyond 8); detect-faces and dedup lsun use "
                           "processes.")
 OverwriteOpt = typer.Option(False, "--overwrite",
-                            help="Replace a different finished dataset in --out.")
+                            help="Replace a finished dataset in --out made with other "
+                            "settings or inputs (only files this tool wrote there).")
 
 
 def setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(message)s", stream=sys.stderr, force=True)
+    """The project's loggers at INFO (WARNING with --quiet), on stderr; others untouched."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.WARNING if quiet else logging.INFO)
+        logger.propagate = False
 
 
-def echo_json(title: str, obj: Any) -> None:
-    typer.echo(f"{title}:\n{json.dumps(obj, indent=2, default=str)}")
+def echo_config(obj: Any) -> None:
+    """--dry-run: the resolved config as JSON."""
+    typer.echo("config:\n" + json.dumps(obj, indent=2, default=str))
 
 
-def summarize(stats: dict[str, Any], out: Path, quiet: bool) -> None:
-    """The closing summary of a dataset stage."""
+def _plain(config: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(config)
+
+
+def _drops(dropped: dict[str, int]) -> str:
+    return ", ".join(f"{n} {r}" for r, n in sorted(dropped.items(), key=lambda x: -x[1])) \
+        or "none"
+
+
+def summarize(result: Any, quiet: bool, what: str = "records") -> None:
+    """The closing line of a dataset stage (a ``StageResult``)."""
     if quiet:
         return
-    if stats.get("skipped"):
-        typer.echo(f"{out} is already finished with this config (nothing to do): "
-                   f"{stats.get('kept', 0)} kept.")
+    if result.skipped:
+        typer.echo(f"{result.path} is already finished with these settings and inputs "
+                   f"(nothing to do): {result.kept} kept.")
         return
-    dropped = stats.get("dropped", {})
-    drops = ", ".join(f"{n} {r}" for r, n in dropped.items()) or "none"
-    secs = stats.get("seconds", 0) or 1e-9
-    typer.echo(f"Read {stats.get('read', 0)}, kept {stats.get('kept', 0)}, dropped: {drops}. "
-               f"{stats.get('read', 0) / secs:.0f} records/s. Wrote {out}")
+    typer.echo(f"Read {result.read} {what}, kept {result.kept}, dropped: "
+               f"{_drops(result.dropped)}. {result.read / max(result.seconds, 1e-9):.0f} "
+               f"{what}/s. Wrote {result.path}")
 
 
 @extract_app.command("lsun")
 def extract_lsun(
-    databases: list[Path] = typer.Argument(..., help="LSUN *_lmdb folders (or roots with "
-                                           "--category)."),
+    databases: list[Path] = typer.Argument(..., metavar="DATABASE...", help="LSUN *_lmdb "
+                                           "folders (or roots with --category)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output dataset directory."),
     category: str | None = typer.Option(None, help="Scene category, e.g. bedroom: the "
                                            "databases are then roots holding "
@@ -92,18 +113,20 @@ def extract_lsun(
 
     setup_logging(quiet)
     config = ExtractConfig(resolution=resolution, workers=workers, rank=rank,
-                           world_size=world_size, overwrite=overwrite)
+                           world_size=world_size)
     dbs = resolve_databases(databases, category, split)
     if dry_run:
-        echo_json("config", {"databases": dbs, "limit": limit, "out": out, **asdict(config)})
+        echo_config({"databases": dbs, "limit": limit, "out": out, "overwrite": overwrite,
+                     **_plain(config)})
         return
     source = LsunSource(dbs, limit=limit)
-    summarize(extract(source, out, config, progress=not quiet), out, quiet)
+    summarize(extract(source, out, config, overwrite=overwrite, progress=not quiet), quiet)
 
 
 @extract_app.command("images")
 def extract_images(
-    folder: Path = typer.Argument(..., help="A folder of photos (searched recursively)."),
+    folder: Path = typer.Argument(..., metavar="FOLDER", help="A folder of photos (searched "
+                                  "recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output dataset directory."),
     resolution: int = typer.Option(64, min=8, help="Side of the stored square crops."),
     limit: int | None = typer.Option(None, min=1, help="Only the first N files."),
@@ -120,17 +143,18 @@ def extract_images(
     from pipeline.sources import FolderSource
 
     setup_logging(quiet)
-    config = ExtractConfig(resolution=resolution, workers=workers, overwrite=overwrite)
+    config = ExtractConfig(resolution=resolution, workers=workers)
     if dry_run:
-        echo_json("config", {"folder": folder, "limit": limit, "out": out, **asdict(config)})
+        echo_config({"folder": folder, "limit": limit, "out": out, "overwrite": overwrite,
+                     **_plain(config)})
         return
     source = FolderSource(folder, limit=limit)
     if len(source) == 0:
         raise UserError(f"no images (JPEG, PNG, WebP, BMP, TIFF) under {folder}")
-    summarize(extract(source, out, config, progress=not quiet), out, quiet)
+    summarize(extract(source, out, config, overwrite=overwrite, progress=not quiet), quiet)
 
 
-@app.command("demo", rich_help_panel="Start here")
+@app.command("demo", short_help="Every stage end to end on photos that ship with packages.")
 def demo_cmd(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Where everything goes."),
     scenes: int = typer.Option(600, min=240, help="Scene records in the generated database."),
@@ -146,11 +170,11 @@ def demo_cmd(
 
     Builds an LSUN-format database with planted near-duplicates and a corrupt record, runs
     dedup lsun on it, detect-faces on a folder of photos, a short DCGAN run on the cleaned
-    scenes, and writes a sample grid. About 2-3 minutes on 2 CPU cores.
+    scenes, and writes a sample grid.
 
     Example: python cli.py demo --out demo-out
     """
-    from dcgan.demo import DemoConfig, format_report, run_demo
+    from demo.run import DemoConfig, format_report, run_demo
 
     setup_logging(quiet)
     report = run_demo(out, DemoConfig(scenes=scenes, steps=steps, device=device,
@@ -160,10 +184,11 @@ def demo_cmd(
         typer.echo(format_report(report))
 
 
-@app.command("detect-faces", rich_help_panel="1. Curate data")
+@app.command("detect-faces", short_help="Find faces in photos: a face dataset (the paper's "
+             "Faces set).")
 def detect_faces_cmd(
-    src: Path = typer.Argument(..., help="A folder of photos (recursive), an LMDB, or a "
-                               "dataset directory."),
+    src: Path = typer.Argument(..., metavar="SRC", help="A folder of photos (recursive), an "
+                               "LMDB, or a dataset directory."),
     out: Path = typer.Option(..., "--out", "-o", help="Output face dataset directory."),
     min_size: int = typer.Option(64, min=1, help="Smallest face box side kept (source px)."),
     resolution: int = typer.Option(64, min=8, help="Side of the stored square face crops."),
@@ -189,33 +214,40 @@ def detect_faces_cmd(
     Example: python cli.py detect-faces photos/ --out data/faces64 --min-size 64
     """
     from pipeline.face_detectors import DetectorSpec
-    from pipeline.faces import FacesConfig, detect_faces, open_source
+    from pipeline.faces import PHOTO_REASONS, FacesConfig, detect_faces
+    from pipeline.sources import open_source
 
     setup_logging(quiet)
     config = FacesConfig(
         detector=DetectorSpec(kind=detector, model=str(model) if model else None,
                               **({} if tilt else {"rotations": ()})),
         min_size=min_size, resolution=resolution, margin=margin, border=border,
-        min_score=min_score, workers=workers, overwrite=overwrite)
-    config.check()
+        min_score=min_score, workers=workers)
     if dry_run:
-        echo_json("config", {"src": src, "limit": limit, "out": out, **asdict(config),
-                             "detector": asdict(config.detector_spec())})
+        echo_config({"src": src, "limit": limit, "out": out, "overwrite": overwrite,
+                     **_plain(config), "detector": _plain(config.detector_spec())})
         return
-    stats = detect_faces(open_source(src, limit=limit), out, config, progress=not quiet)
-    summarize(stats, out, quiet)
-    if not quiet and not stats.get("skipped"):
-        found = stats["kept"] + sum(v for k, v in stats["dropped"].items()
-                                    if k not in ("corrupt", "too_large"))
-        typer.echo(f"{found} faces detected, {stats['kept']} kept "
-                   f"(>= {min_size} px) from {stats['read']} photos."
-                   + ("" if stats["kept"] else " No faces kept: the dataset is empty."))
+    r = detect_faces(open_source(src, limit=limit), out, config, overwrite=overwrite,
+                     progress=not quiet)
+    if quiet:
+        return
+    if r.skipped:
+        summarize(r, quiet)
+        return
+    bad = {k: v for k, v in r.dropped.items() if k in PHOTO_REASONS}
+    faces = {k: v for k, v in r.dropped.items() if k not in PHOTO_REASONS}
+    unreadable = f" ({sum(bad.values())} unreadable: {_drops(bad)})" if bad else ""
+    typer.echo(f"Searched {r.read} photos{unreadable}: {r.kept + sum(faces.values())} faces "
+               f"found, {r.kept} kept (>= {min_size} px), {sum(faces.values())} dropped "
+               f"({_drops(faces)}). Wrote {r.path}"
+               + ("" if r.kept else ". No faces kept: the dataset is empty."))
 
 
-@app.command("dedup", rich_help_panel="1. Curate data")
+@app.command("dedup", short_help="Remove near-duplicates with the paper's semantic hash.")
 def dedup_cmd(
-    sources: list[str] = typer.Argument(..., help="A dataset directory, or `lsun` followed "
-                                        "by LSUN databases (or roots with --category)."),
+    sources: list[str] = typer.Argument(..., metavar="DATASET | lsun DATABASE...",
+                                        help="A dataset directory, or `lsun` followed by "
+                                        "LSUN databases (or roots with --category)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output (cleaned) dataset directory."),
     model: Path | None = typer.Option(None, help="Reuse a trained autoencoder (e.g. "
                                       "OUT/hash/autoencoder.pt) instead of training."),
@@ -262,7 +294,6 @@ def dedup_cmd(
     config = DedupConfig(
         model=str(model) if model else None, steps=steps or DedupConfig.steps, epochs=epochs,
         train_limit=train_limit, device=device, seed=seed, limit=None if is_lsun else limit,
-        overwrite=overwrite,
         search=SearchConfig(max_distance=max_distance, min_similarity=min_similarity,
                             max_dct_distance=max_dct_distance))
     if is_lsun:
@@ -270,27 +301,41 @@ def dedup_cmd(
         from pipeline.lsun import LsunSource, resolve_databases
 
         dbs = resolve_databases([Path(s) for s in sources[1:]], category, split)
-        ext = ExtractConfig(resolution=resolution, workers=workers, overwrite=overwrite)
+        ext = ExtractConfig(resolution=resolution, workers=workers)
         if dry_run:
-            echo_json("config", {"databases": dbs, "limit": limit, "out": out,
-                                 "extract": asdict(ext), **asdict(config)})
+            echo_config({"databases": dbs, "limit": limit, "out": out, "overwrite": overwrite,
+                         "extract": _plain(ext), **_plain(config)})
             return
-        stats = dedup_lsun(LsunSource(dbs, limit=limit), out, config, ext, not quiet)
+        r = dedup_lsun(LsunSource(dbs, limit=limit), out, config, ext, overwrite=overwrite,
+                       progress=not quiet)
     else:
         if dry_run:
-            echo_json("config", {"dataset": sources[0], "out": out, **asdict(config)})
+            echo_config({"dataset": sources[0], "out": out, "overwrite": overwrite,
+                         **_plain(config)})
             return
-        stats = dedup(Path(sources[0]), out, config, not quiet)
-    summarize(stats, out, quiet)
-    if not quiet and not stats.get("skipped"):
-        by_size = sorted((int(k), v) for k, v in stats["group_sizes"].items())
-        sizes = ", ".join(f"{v} of {k}" for k, v in by_size[:4]) or "none"
-        if len(by_size) > 4:
-            sizes += f", ... up to {by_size[-1][0]}"
-        typer.echo(f"Removed {stats['removed']} near-duplicates in {stats['groups']} groups "
-                   f"(group sizes: {sizes}); autoencoder loss {stats['autoencoder_loss']} "
-                   f"({'trained' if stats['trained'] else 'loaded'} on {stats['device']}). "
-                   f"Review {out / 'review.png'}, list {out / 'duplicates.jsonl'}.")
+        r = dedup(Path(sources[0]), out, config, overwrite=overwrite, progress=not quiet)
+    if quiet:
+        return
+    if r.skipped:
+        summarize(r, quiet)
+        return
+    x = r.extra
+    by_size = sorted((int(k), v) for k, v in x["group_sizes"].items())
+    sizes = ", ".join(f"{v} of {k}" for k, v in by_size[:4]) or "none"
+    if len(by_size) > 4:
+        sizes += f", ... up to {by_size[-1][0]}"
+    carried = x.get("carried") or {}
+    times = [("extract", x.get("extract_seconds")), ("train", x.get("train_seconds")),
+             ("hash", x.get("hash_seconds")), ("search", x.get("search_seconds")),
+             ("write", x.get("write_seconds"))]
+    typer.echo(
+        f"Read {r.read} images, removed {x['removed']} near-duplicates in {x['groups']} "
+        f"groups (group sizes: {sizes}), kept {r.kept}. Autoencoder loss "
+        f"{x['autoencoder_loss']} ({'trained' if x['trained'] else 'loaded'} on "
+        f"{x['device']}). Time: " + ", ".join(f"{k} {v:.1f}s" for k, v in times if v)
+        + "." + (f" The input had already dropped {sum(carried.values())} "
+                 f"({_drops(carried)}), listed again here." if carried else "")
+        + f" Review {r.path / 'review.png'}; wrote {r.path}")
 
 
 # --- The paper's experiments over a training run (dcgan/sampling, filters, features, fid,
@@ -384,7 +429,7 @@ def train_cmd(
     if epochs is not None:
         config = config.replace(steps=steps_for_epochs(data, config, epochs, not quiet))
     if dry_run:
-        echo_json("config", {"data": data, "out": out, "resume": resume, **config.to_dict()})
+        echo_config({"data": data, "out": out, "resume": resume, **config.to_dict()})
         return
     result = train(data, out, config, resume=resume, progress=not quiet)
     if result["status"] == "interrupted":
@@ -627,20 +672,52 @@ def memorization_cmd(
                    f"Wrote {r['sheet']}")
 
 
+def _flag(param: str) -> str:
+    return "--" + param.replace("_", "-")
+
+
+def format_error(e: UserError) -> str:
+    """A library error in the CLI's words: its setting named by the flag that sets it."""
+    message = str(e)
+    if not e.param:
+        return message
+    if message.startswith(e.param + " "):
+        return _flag(e.param) + message[len(e.param):]
+    if e.param == "overwrite":
+        return f"{message}; pass {_flag(e.param)} to replace it"
+    return f"{message} ({_flag(e.param)})"
+
+
+# Click's base error, whichever click typer uses (its own copy since typer 0.22).
+_ClickError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main() -> None:
-    """Entry point: run the app; user errors become one line on stderr and exit code 2."""
+    """Entry point: run the app; errors become one line on stderr and a non-zero exit."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except _ClickError as e:  # bad option values, missing arguments
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            sys.exit(0)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        message = " ".join(e.format_message().split())
+        typer.secho(f"Error: {message}{hint}", err=True, fg=typer.colors.RED)
+        sys.exit(e.exit_code)
     except UserError as e:
-        typer.secho(f"Error: {e}", err=True, fg=typer.colors.RED)
+        typer.secho(f"Error: {format_error(e)}", err=True, fg=typer.colors.RED)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.secho("Interrupted.", err=True)
+    except KeyboardInterrupt as e:  # a stage's Interrupted says what was saved
+        message = getattr(e, "message", "") or "interrupted"
+        typer.secho(f"Interrupted: {message}.", err=True)
         sys.exit(130)
     except OSError as e:  # disk full, permission denied, ...
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         typer.secho(f"Error: {e.strerror or e}{where}", err=True, fg=typer.colors.RED)
         sys.exit(1)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

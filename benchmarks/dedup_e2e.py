@@ -35,8 +35,8 @@ def make_sparse_lsun(path: Path, n: int, dup_rate: float, seed: int = 0) -> Path
     import cv2
     import numpy as np
 
-    from pipeline.dedup.neardup import KINDS, all_photos, near_duplicate
-    from pipeline.samples import encode, lsun_key, write_lmdb
+    from demo.neardup import KINDS, all_photos, near_duplicate
+    from demo.samples import encode, lsun_key, write_lmdb
 
     rng = np.random.default_rng(seed)
     photos = [p for _, p in all_photos() if min(p.shape[:2]) >= 128]
@@ -76,10 +76,10 @@ def main() -> None:
 
     import torch
 
+    from demo.samples import make_lsun
     from pipeline.dedup.stage import DedupConfig, dedup_lsun
     from pipeline.extract import ExtractConfig, extract
     from pipeline.lsun import LsunSource
-    from pipeline.samples import make_lsun
 
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="dedup-e2e-"))

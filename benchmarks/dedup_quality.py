@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from demo.neardup import KINDS, all_photos, make_neardup_set  # noqa: E402
 from pipeline.decode import prepare  # noqa: E402
-from pipeline.dedup.neardup import KINDS, all_photos, make_neardup_set  # noqa: E402
 from pipeline.dedup.search import group  # noqa: E402
 
 

@@ -68,8 +68,8 @@ def main() -> None:
     ap.add_argument("--skip-faiss", action="store_true")
     args = ap.parse_args()
 
+    from demo.samples import package_photos, random_view
     from pipeline.decode import resize
-    from pipeline.samples import package_photos, random_view
 
     rng = np.random.default_rng(1)
     photos = [p for _, p in package_photos()]

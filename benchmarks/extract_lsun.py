@@ -40,7 +40,7 @@ RESOLUTION = 64
 
 def build_db(work: Path, n: int) -> Path:
     """The benchmark database, built once per (n, seed) and reused."""
-    from pipeline.samples import make_lsun
+    from demo.samples import make_lsun
 
     root = work / f"lsun-{n}"
     db = root / "bedroom_train_lmdb"

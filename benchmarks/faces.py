@@ -22,10 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from demo.face_eval import evaluate, load_annotations, load_photo  # noqa: E402
+from demo.samples import encode  # noqa: E402
 from pipeline.face_detectors import DetectorSpec, build_detector  # noqa: E402
-from pipeline.face_eval import evaluate, load_annotations, load_photo  # noqa: E402
 from pipeline.faces import FacesConfig, crop_face, detect_faces, open_source  # noqa: E402
-from pipeline.samples import encode  # noqa: E402
 
 
 class PlainHaar:

@@ -39,7 +39,7 @@ def _write_one(args: tuple[int, str]) -> None:
     import cv2
     import numpy as np
 
-    from pipeline.samples import package_photos, random_view
+    from demo.samples import package_photos, random_view
 
     i, root = args
     photos = _write_one.photos if hasattr(_write_one, "photos") else None

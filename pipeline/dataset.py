@@ -1,262 +1,249 @@
-"""The dataset directory: the on-disk contract between stages.
+"""The dataset directory: the on-disk contract between stages (docs/dataset-format.md).
 
 A finished directory holds ``manifest.jsonl`` (one object per kept item, in order), one
 ``.npy`` file per pixel array (uint8, N x H x W x C, memory-mappable), a ``*.jsonl`` per kind
-of drop (each line has ``key`` and ``reason``), ``stats.json``, ``config.json`` and the
-completion marker ``COMPLETE``, written last.
-
-While a stage runs, everything is written under ``*.partial`` names and ``progress.json`` is
-checkpointed every few seconds, so an interrupted stage resumes where the last checkpoint left
-it (or restarts when its config changed) and a crash never leaves a half file that looks whole.
+of drop (each line has ``key`` and ``reason``), ``stats.json`` (counts, and the size and
+checksum of every file), ``config.json`` (the stage, its settings and the identity of its
+inputs) and the completion marker ``COMPLETE``, written last. Only this module knows these
+names; stages ask ``Dataset`` and ``DatasetWriter``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
+import hashlib
 import json
-import mmap
+import logging
 import os
-import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline import __version__
+from pipeline.appenders import NPY_HEADER, ArrayAppender, TextAppender, file_crc
 from pipeline.errors import UserError
+from pipeline.outputs import OutputDir, atomic_write, owner_kind, write_json
+
+log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
 MANIFEST = "manifest.jsonl"
+STATS = "stats.json"
+CONFIG = "config.json"
 PROGRESS = "progress.json"
 PARTIAL = ".partial"
-_HEADER_BYTES = 128  # room reserved for the .npy header, rewritten with the final row count
 _CHECKPOINT_SECONDS = 5.0
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "w") -> Iterator[Any]:
-    """Open ``path`` for writing under a temporary name; rename into place on success."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a stage; ``message`` says what was saved."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    with atomic_write(path) as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage did (or found already done): its counts and its own numbers."""
+
+    path: Path
+    stage: str
+    read: int  # source items consumed
+    kept: int
+    dropped: dict[str, int]  # by reason
+    seconds: float
+    skipped: bool = False  # the same stage with the same settings had already finished
+    extra: dict[str, Any] = field(default_factory=dict)  # the stage's own numbers
+
+    @classmethod
+    def from_stats(cls, path: Path, stats: dict[str, Any], skipped: bool) -> StageResult:
+        known = {"stage", "read", "kept", "dropped", "seconds", "files", "drop_files",
+                 "arrays"}
+        return cls(Path(path), stats.get("stage", "?"), int(stats.get("read", 0)),
+                   int(stats.get("kept", 0)), dict(stats.get("dropped", {})),
+                   float(stats.get("seconds", 0.0)), skipped,
+                   {k: v for k, v in stats.items() if k not in known})
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSON-lines file (missing file: empty list)."""
+    """Read a JSON-lines file (missing file: empty list); a damaged line is a UserError."""
     path = Path(path)
     if not path.exists():
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    out = []
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                raise UserError(f"{path} is damaged (line {n} is not JSON): re-create it by "
+                                "running its stage again") from None
+            if not isinstance(rec, dict):
+                raise UserError(f"{path} is damaged (line {n} is not a JSON object)")
+            out.append(rec)
+    return out
 
 
-def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
-    """A version-1.0 .npy header padded to exactly ``_HEADER_BYTES``."""
-    d = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-         "shape": tuple(shape)}
-    body = repr(d).encode("latin1")
-    pad = _HEADER_BYTES - 10 - len(body) - 1
-    if pad < 0:
-        raise ValueError(f"shape {shape} does not fit the reserved .npy header")
-    return (b"\x93NUMPY\x01\x00" + (_HEADER_BYTES - 10).to_bytes(2, "little")
-            + body + b" " * pad + b"\n")
-
-
-def _copy_range(src_fd: int, dst_fd: int, src_offset: int, dst_offset: int,
-                count: int) -> None:
-    """Copy ``count`` bytes between two files at the given offsets, in the kernel where it
-    can (``os.copy_file_range``), else by ``pread``/``pwrite`` (another filesystem, an old
-    kernel)."""
-    while count:
-        try:
-            n = os.copy_file_range(src_fd, dst_fd, count, src_offset, dst_offset)
-        except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            n = os.pwrite(dst_fd, os.pread(src_fd, min(count, 1 << 24), src_offset),
-                          dst_offset)
-        if n <= 0:
-            raise OSError(errno.EIO, "short copy: the source .npy file is truncated")
-        src_offset, dst_offset, count = src_offset + n, dst_offset + n, count - n
-
-
-class _ArrayAppender:
-    """Appends rows to an .npy file whose header is fixed when the row count is known."""
-
-    def __init__(self, path: Path, row_shape: tuple[int, ...], rows: int = 0):
-        self.path, self.row_shape, self.rows = path, tuple(row_shape), rows
-        self.row_bytes = int(np.prod(row_shape))
-        mode = "r+b" if rows else "wb"
-        self.f = open(path, mode)
-        if rows:
-            self.f.truncate(_HEADER_BYTES + rows * self.row_bytes)
-            self.f.seek(0, os.SEEK_END)
-        else:
-            self.f.write(_npy_header((0, *self.row_shape), np.uint8))
-
-    def extend(self, rows: np.ndarray) -> None:
-        """Append ``rows`` (M, *row_shape) uint8 in one write."""
-        if rows.shape[1:] != self.row_shape or rows.dtype != np.uint8:
-            raise ValueError(f"{self.path.name}: expected uint8 rows of {self.row_shape}, got "
-                             f"{rows.dtype} {rows.shape[1:]}")
-        self.f.write(np.ascontiguousarray(rows).data)
-        self.rows += len(rows)
-
-    def copy_rows(self, src: np.ndarray, rows: np.ndarray) -> None:
-        """Append rows ``rows`` (increasing) of ``src``: file to file in the kernel when
-        ``src`` is a whole .npy memory map (as ``Dataset.array`` gives it), a run of
-        consecutive rows per call, else through memory.
-
-        The dedup stage copies most of its input this way: 20,000 rows of 64 px images took
-        0.26-0.30 s with ``os.copy_file_range`` and 0.43-1.05 s read from the memory map and
-        written (VM, ext4; filesystems with reflinks can share the blocks instead).
-        """
-        rows = np.asarray(rows, np.int64)
-        whole_map = isinstance(src, np.memmap) and isinstance(src.base, mmap.mmap)
-        if not (whole_map and hasattr(os, "copy_file_range") and len(rows)
-                and tuple(src.shape[1:]) == self.row_shape and src.dtype == np.uint8):
-            self.extend(np.asarray(src[rows]))
-            return
-        self.f.flush()
-        end = self.f.tell()
-        runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1)
-        with open(src.filename, "rb") as source:
-            for run in runs:
-                count = len(run) * self.row_bytes
-                _copy_range(source.fileno(), self.f.fileno(),
-                            src.offset + int(run[0]) * self.row_bytes, end, count)
-                end += count
-        self.f.seek(end)  # the buffered writer's position follows the copied bytes
-        self.rows += len(rows)
-
-    def finish(self) -> None:
-        self.f.seek(0)
-        self.f.write(_npy_header((self.rows, *self.row_shape), np.uint8))
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-
-
+# -- writing --------------------------------------------------------------------------------
 class DatasetWriter:
-    """Builds one dataset directory; resumable, finished atomically.
+    """Builds one dataset directory: locked, resumable, finished at one commit point.
 
-    ``arrays`` maps each pixel array's name to its row shape, e.g.
-    ``{"images": (64, 64, 3), "thumbs": (32, 32, 3)}``. After construction, check ``done``
-    (the same stage with the same config already finished here: nothing to do) and
-    ``position`` (source items already consumed by an interrupted run: skip them).
+    Use as a context manager: on an error or Ctrl-C the state at the last item boundary is
+    saved, so a rerun resumes. Inside, ``done`` says the same stage with the same settings
+    and inputs had already finished (``result`` holds its counts); ``position`` is the number
+    of source items an interrupted run already consumed (skip them).
+
+    ``arrays`` maps each pixel array's name to its row shape; ``lineage`` is the identity of
+    each input (``Dataset.identity()``, a source's ``describe()``), part of the output's
+    identity; ``inputs`` are paths the output must stay apart from; ``keep`` names entries
+    (caches the stage manages itself) that starting again does not delete.
     """
 
-    def __init__(self, root: str | Path, stage: str, config: dict[str, Any],
-                 arrays: dict[str, tuple[int, ...]], overwrite: bool = False,
-                 preserve: tuple[str, ...] = ()):
-        self.root = Path(root)
-        self.preserve = set(preserve)  # entries in root the stage keeps (e.g. a cache folder)
-        self.stage, self.config, self.arrays_spec = stage, _jsonable(config), dict(arrays)
+    def __init__(self, root: str | Path | OutputDir, stage: str, config: dict[str, Any],
+                 arrays: dict[str, tuple[int, ...]], *, lineage: list[dict] = (),
+                 inputs: list[str | Path] = (), overwrite: bool = False,
+                 keep: tuple[str, ...] = ()):
+        # An OutputDir already held (``dedup lsun`` holds its output for the whole run) is
+        # used as it is; a path is opened (locked) here and released at the end.
+        self._held = isinstance(root, OutputDir)
+        self.out = root if self._held else OutputDir(root, "dataset", inputs)
+        self.root = self.out.root
+        self.stage = stage
+        self.identity = _jsonable({"stage": stage, "config": config,
+                                   "inputs": list(lineage)})
+        self.arrays_spec = {k: tuple(v) for k, v in arrays.items()}
+        self.overwrite, self.keep = overwrite, tuple(keep)
         self.done = False
+        self.result: StageResult | None = None
         self.position = 0
         self._kept = 0
         self._dropped: Counter[str] = Counter()
-        self._drop_files: dict[str, Any] = {}
+        self._carried: Counter[str] = Counter()
+        self._drops: dict[str, TextAppender] = {}
+        self._parts: dict[str, Any] = {}
         self._seconds_before = 0.0
         self._t0 = time.monotonic()
         self._last_checkpoint = self._t0
-        try:
-            self._open(overwrite)
-        except OSError as e:
-            raise UserError(f"cannot write dataset to {self.root}: {e.strerror or e}") from e
+        self._committed: dict[str, Any] = {}
 
     # -- opening ---------------------------------------------------------------------------
-    def _identity(self) -> dict[str, Any]:
-        return {"stage": self.stage, "config": self.config}
+    def __enter__(self) -> DatasetWriter:
+        try:
+            if not self._held:
+                self.out.open()
+            self._open()
+        except OSError as e:
+            self._release()
+            raise UserError(f"cannot write dataset to {self.root}: {e.strerror or e}") from e
+        except BaseException:
+            self._release()
+            raise
+        return self
 
-    def _open(self, overwrite: bool) -> None:
+    def _release(self) -> None:
+        if not self._held:
+            self.out.close()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if self._parts and self.result is None:
+                self._abort()
+        finally:
+            self._release()
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt) \
+                and not isinstance(exc, Interrupted) and self._committed:
+            raise Interrupted(
+                f"stopped after {self.position} items ({self._kept} kept); what was done is "
+                f"saved in {self.root}: run the same command again to resume") from None
+
+    def _open(self) -> None:
         root = self.root
-        if root.exists() and not root.is_dir():
-            raise UserError(f"output {root} exists and is not a directory")
         if (root / MARKER).exists():
-            old = _load_json(root / "config.json")
-            same = old is not None and {k: old.get(k) for k in ("stage", "config")} == \
-                self._identity()
-            if same and not overwrite:
+            old = _load_json(root / CONFIG)
+            if old is not None and _identity_of(old) == self.identity and not self.overwrite:
+                try:
+                    self.result = Dataset(root).result(skipped=True)
+                except UserError as e:
+                    raise UserError(f"{root} holds a finished dataset that is damaged ({e})",
+                                    param="overwrite") from None
                 self.done = True
+                if (root / PROGRESS).exists():  # left by a crash just after the marker
+                    (root / PROGRESS).unlink()
                 return
-            if not overwrite:
-                raise UserError(
-                    f"{root} already holds a different finished dataset "
-                    f"({_describe_difference(old, self._identity())}); "
-                    "choose another --out or pass --overwrite")
-            self._clear()
-        elif root.exists() and any(p.name not in self.preserve for p in root.iterdir()) \
-                and not (root / PROGRESS).exists():
-            if not overwrite:
-                raise UserError(f"output {root} is not empty and is not a dataset directory; "
-                                "choose an empty or new --out, or pass --overwrite")
-            self._clear()
-        root.mkdir(parents=True, exist_ok=True)
+            if not self.overwrite:
+                raise UserError(f"{root} already holds a finished dataset made with other "
+                                f"settings ({describe_difference(old, self.identity)})",
+                                param="overwrite")
         progress = _load_json(root / PROGRESS)
-        if progress and progress.get("identity") == self._identity() and not overwrite:
-            self._resume(progress)
-        else:
-            self._clear()
-            root.mkdir(parents=True, exist_ok=True)
-            self._manifest = open(self._partial(MANIFEST), "w")
-            self._arrays = {n: _ArrayAppender(self._partial(f"{n}.npy"), s)
-                            for n, s in self.arrays_spec.items()}
-            self._commit()
-            # At once, so a run stopped before its first timed checkpoint (or one whose
-            # last checkpoint failed: disk full) leaves a directory that resumes.
-            self.checkpoint()
+        if progress and progress.get("identity") == self.identity and not self.overwrite:
+            if progress.get("state") == "finishing" and self._complete_finish(progress):
+                self.done = True
+                self.result = Dataset(root).result(skipped=False)
+                return
+            if progress.get("state") == "running" and self._resume(progress):
+                return
+        elif progress:
+            log.info("%s: an unfinished run with other settings is discarded", root)
+        self._start()
 
-    def _clear(self) -> None:
-        """Remove what a stage writes here (only files this tool owns are touched)."""
-        if not self.root.exists():
-            return
-        for p in self.root.iterdir():
-            if p.name in self.preserve:
-                continue
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
+    def _start(self) -> None:
+        self.out.clear(keep=self.keep)
+        self.position, self._kept, self._dropped, self._carried = 0, 0, Counter(), Counter()
+        self._drops = {}
+        for name in (PROGRESS, MARKER, STATS, CONFIG):
+            self.out.own(name)
+        self._parts = {MANIFEST: TextAppender(self._own_partial(MANIFEST))}
+        self._parts.update({f"{n}.npy": ArrayAppender(self._own_partial(f"{n}.npy"), s)
+                            for n, s in self.arrays_spec.items()})
+        self._commit()
+        # At once, so a run stopped before its first timed checkpoint resumes.
+        self.checkpoint()
+
+    def _resume(self, progress: dict[str, Any]) -> bool:
+        """Reopen the parts at the recorded boundary, after checking each one's size and
+        checksum there; False (start again) when any part does not match."""
+        parts = progress.get("parts", {})
+        if not {MANIFEST, *(f"{n}.npy" for n in self.arrays_spec)} <= set(parts):
+            return False
+        for name, rec in parts.items():
+            skip = NPY_HEADER if name.endswith(".npy") else 0
+            crc = file_crc(self._partial(name), rec["size"], skip)
+            if crc != rec["crc"]:
+                log.warning("%s: %s%s does not match what the last checkpoint recorded (%s); "
+                            "starting again from the beginning", self.root, name, PARTIAL,
+                            "too short" if crc is None else "different content")
+                return False
+        for p in self.root.glob("*.jsonl" + PARTIAL):  # drop files begun after the checkpoint
+            if p.name[: -len(PARTIAL)] not in parts and self.out.owns(p.name):
                 p.unlink()
-
-    def _resume(self, progress: dict[str, Any]) -> None:
         self.position = progress["position"]
         self._kept = progress["kept"]
         self._dropped = Counter(progress["dropped"])
+        self._carried = Counter(progress.get("carried", {}))
         self._seconds_before = progress["seconds"]
-        sizes = progress["sizes"]
-        for p in self.root.glob("*.jsonl" + PARTIAL):  # drop files begun after the checkpoint
-            if p.name[: -len(PARTIAL)] not in sizes:
-                p.unlink()
-        for name, size in sizes.items():
-            with open(self._partial(name), "r+b") as f:
-                f.truncate(size)
-        self._manifest = open(self._partial(MANIFEST), "a")
-        self._arrays = {n: _ArrayAppender(self._partial(f"{n}.npy"), s, rows=self._kept)
-                        for n, s in self.arrays_spec.items()}
-        for name in sizes:
-            if name.endswith(".jsonl") and name != MANIFEST:
-                self._drop_files[name[: -len(".jsonl")]] = open(self._partial(name), "a")
+        for name, rec in parts.items():
+            path = self._partial(name)
+            if name.endswith(".npy"):
+                self._parts[name] = ArrayAppender(path, self.arrays_spec[name[:-4]],
+                                                  rows=self._kept, crc=rec["crc"])
+            else:
+                self._parts[name] = TextAppender(path, rec["size"], rec["crc"])
+                if name != MANIFEST:
+                    self._drops[name[: -len(".jsonl")]] = self._parts[name]
         self._commit()
+        log.info("%s: resuming after %d items (%d kept)", self.root, self.position, self._kept)
+        return True
+
+    def _own_partial(self, name: str) -> Path:
+        self.out.own(name)
+        return self.out.own(name + PARTIAL)
 
     def _partial(self, name: str) -> Path:
         return self.root / (name + PARTIAL)
@@ -274,33 +261,36 @@ class DatasetWriter:
         write per file (a write per row cost a tenth of the main process's time)."""
         if any(len(a) != len(keys) for a in arrays.values()):
             raise ValueError("arrays must have one row per key")
-        for name, appender in self._arrays.items():
-            appender.extend(arrays[name])
+        for name in self.arrays_spec:
+            self._parts[f"{name}.npy"].extend(arrays[name])
         self._add_meta(keys, meta)
 
     def copy_many(self, keys: list[str], sources: dict[str, np.ndarray], rows: np.ndarray,
                   meta: list[dict[str, Any]] | None = None) -> None:
         """Keep ``len(keys)`` items whose pixels are rows ``rows`` (increasing) of
-        ``sources`` (e.g. another dataset's memory-mapped arrays), copied file to file."""
+        ``sources`` (another dataset's memory-mapped arrays), copied file to file."""
         if len(rows) != len(keys):
             raise ValueError("rows must have one row per key")
-        for name, appender in self._arrays.items():
-            appender.copy_rows(sources[name], rows)
+        for name in self.arrays_spec:
+            self._parts[f"{name}.npy"].copy_rows(sources[name], rows)
         self._add_meta(keys, meta)
 
     def _add_meta(self, keys: list[str], meta: list[dict[str, Any]] | None) -> None:
         meta = meta or [{}] * len(keys)
-        self._manifest.write("".join(
+        self._parts[MANIFEST].write("".join(
             json.dumps({"id": self._kept + i, "key": k, **m}) + "\n"
             for i, (k, m) in enumerate(zip(keys, meta))))
         self._kept += len(keys)
 
-    def drop(self, key: str, reason: str, file: str = "rejected", **meta: Any) -> None:
-        """Record an item that is not kept, with its reason, in ``<file>.jsonl``."""
-        if file not in self._drop_files:
-            self._drop_files[file] = open(self._partial(f"{file}.jsonl"), "a")
-        self._drop_files[file].write(json.dumps({"key": key, "reason": reason, **meta}) + "\n")
-        self._dropped[reason] += 1
+    def drop(self, key: str, reason: str, file: str = "rejected", carried: bool = False,
+             **meta: Any) -> None:
+        """Record an item that is not kept, with its reason, in the drop list ``file``;
+        ``carried``: an input's own drop, listed again here but counted apart."""
+        if file not in self._drops:
+            name = f"{file}.jsonl"
+            self._drops[file] = self._parts[name] = TextAppender(self._own_partial(name))
+        self._drops[file].write(json.dumps({"key": key, "reason": reason, **meta}) + "\n")
+        (self._carried if carried else self._dropped)[reason] += 1
 
     def advance(self, n: int = 1) -> None:
         """Mark ``n`` more source items as consumed; checkpoints every few seconds."""
@@ -313,15 +303,17 @@ class DatasetWriter:
         """Note the state at a source-item boundary: what a checkpoint records. Rows added
         since (an item half written when Ctrl-C or a disk error struck) are cut on resume,
         so no item is ever kept twice."""
-        sizes = {MANIFEST: self._manifest.tell()}
-        sizes.update({f"{n}.npy": a.f.tell() for n, a in self._arrays.items()})
-        sizes.update({f"{n}.jsonl": f.tell() for n, f in self._drop_files.items()})
-        self._committed = {"position": self.position, "kept": self._kept,
-                           "dropped": dict(self._dropped), "sizes": sizes}
+        self._committed = {
+            "position": self.position, "kept": self._kept, "dropped": dict(self._dropped),
+            "carried": dict(self._carried),
+            "parts": {n: {"size": p.size, "crc": p.crc} for n, p in self._parts.items()}}
 
     def path(self, name: str) -> Path:
-        """Where a stage puts an extra output (write it with ``atomic_write``)."""
-        return self.root / name
+        """Where a stage puts an extra output (``review.png``, ``hash/codes.npy``): listed as
+        the tool's before it exists. Write it with ``atomic_write``."""
+        path = self.out.own(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     @property
     def kept(self) -> int:
@@ -331,80 +323,161 @@ class DatasetWriter:
     def dropped(self) -> dict[str, int]:
         return dict(self._dropped)
 
-    def _files(self) -> list[Any]:
-        return [self._manifest, *(a.f for a in self._arrays.values()), *self._drop_files.values()]
-
     def checkpoint(self) -> None:
         """Flush everything and record the state at the last ``advance``, so a crash can
         resume there."""
-        for f in self._files():
-            f.flush()
-            os.fsync(f.fileno())
-        write_json(self.root / PROGRESS, {"identity": self._identity(), **self._committed,
-                                          "seconds": self._seconds()})
+        for p in self._parts.values():
+            p.sync()
+        write_json(self.root / PROGRESS, {"identity": self.identity, "state": "running",
+                                          **self._committed, "seconds": self._seconds()})
         self._last_checkpoint = time.monotonic()
 
     def _seconds(self) -> float:
         return round(self._seconds_before + time.monotonic() - self._t0, 3)
 
-    def finish(self, **extra: Any) -> dict[str, Any]:
-        """Close every file, move them into place, write stats and config, then the marker."""
-        self._manifest.close()
-        for a in self._arrays.values():
-            a.finish()
-        for f in self._drop_files.values():
-            f.close()
-        for p in list(self.root.glob("*" + PARTIAL)):
-            os.replace(p, p.with_name(p.name[: -len(PARTIAL)]))
+    def finish(self, **extra: Any) -> StageResult:
+        """Close every part, then commit: the parts, ``stats.json`` and ``config.json`` are
+        recorded as one set in ``progress.json`` before any is moved into place, so a crash
+        anywhere in here leaves a state that a rerun completes."""
+        for p in self._parts.values():
+            p.close()
+        files = {n: {"size": p.size, "crc": p.crc} for n, p in self._parts.items()}
         stats = {"stage": self.stage, "read": self.position, "kept": self._kept,
                  "dropped": dict(sorted(self._dropped.items())), "seconds": self._seconds(),
-                 **extra}
-        write_json(self.root / "stats.json", stats)
-        write_json(self.root / "config.json", {**self._identity(), "version": __version__})
-        (self.root / PROGRESS).unlink(missing_ok=True)
+                 **({"carried": dict(sorted(self._carried.items()))} if self._carried else {}),
+                 **_jsonable(extra), "files": files, "drop_files": sorted(self._drops),
+                 "arrays": {n: list(s) for n, s in self.arrays_spec.items()}}
+        parts = dict(files)
+        for name, obj in ((STATS, stats), (CONFIG, {**self.identity, "version": __version__})):
+            part = TextAppender(self._own_partial(name))
+            part.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+            part.close()
+            parts[name] = {"size": part.size, "crc": part.crc}
+        write_json(self.root / PROGRESS, {"identity": self.identity, "state": "finishing",
+                                          "parts": parts})
+        self._parts = {}
+        if not self._complete_finish({"parts": parts}):
+            raise UserError(f"{self.root}: a file changed while the stage was finishing")
+        self.result = StageResult.from_stats(self.root, stats, skipped=False)
+        return self.result
+
+    def _complete_finish(self, progress: dict[str, Any]) -> bool:
+        """Move every recorded part into place (each checked against its size and checksum),
+        then write the marker: the commit point. False when a part is missing or differs."""
+        for name, rec in progress["parts"].items():
+            skip = NPY_HEADER if name.endswith(".npy") else 0
+            final, partial = self.root / name, self._partial(name)
+            if partial.exists() and file_crc(partial, rec["size"], skip) == rec["crc"] \
+                    and partial.stat().st_size == rec["size"]:
+                os.replace(partial, final)
+            elif not (final.exists() and final.stat().st_size == rec["size"]
+                      and file_crc(final, rec["size"], skip) == rec["crc"]):
+                log.warning("%s: %s is missing or changed since the stage began finishing; "
+                            "starting again from the beginning", self.root, name)
+                return False
+        _fsync_dir(self.root)
         with atomic_write(self.root / MARKER) as f:
             f.write(time.strftime("%Y-%m-%dT%H:%M:%S%z\n"))
-        return stats
+        (self.root / PROGRESS).unlink(missing_ok=True)
+        return True
 
-    def abort(self) -> None:
+    def _abort(self) -> None:
         """Checkpoint and close after an error or Ctrl-C, so a rerun resumes."""
         with contextlib.suppress(Exception):
             self.checkpoint()
-        for f in self._files():
+        for p in self._parts.values():
             with contextlib.suppress(Exception):
-                f.close()
+                p.f.close()
+        self._parts = {}
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- reading --------------------------------------------------------------------------------
 class Dataset:
-    """A finished dataset directory, read-only: manifest, pixel arrays, stats, drops."""
+    """A finished dataset directory, read-only and checked when opened: manifest, pixel
+    arrays, drop lists, stats, config and the identity of its inputs."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise UserError(f"dataset {self.root} does not exist")
-        if not (self.root / MARKER).exists():
-            raise UserError(f"{self.root} is not a finished dataset directory "
-                            f"(no {MARKER} marker: the stage that writes it did not finish)")
-        self.config: dict[str, Any] = _load_json(self.root / "config.json") or {}
-        self.stats: dict[str, Any] = _load_json(self.root / "stats.json") or {}
+        if not self.root.exists():
+            raise UserError(f"{self.root} does not exist")
+        if not (self.root / MARKER).is_file():
+            raise UserError(_not_finished(self.root))
+        self.config: dict[str, Any] = self._json(CONFIG)
+        self.stats: dict[str, Any] = self._json(STATS)
         self._manifest: list[dict] | None = None
         self._arrays: dict[str, np.ndarray] = {}
+        for name, rec in self.stats.get("files", {}).items():
+            size = _size(self.root / name)
+            if size != rec.get("size"):
+                got = "missing" if size is None else f"{size:,} bytes"
+                raise UserError(f"{self.root / name} is damaged ({got}, expected "
+                                f"{rec.get('size'):,}): re-create the dataset by running its "
+                                "stage again")
+        for name in self.array_names:
+            self.array(name)  # the .npy headers against the row count
+
+    def _json(self, name: str) -> dict[str, Any]:
+        obj = _load_json(self.root / name)
+        if not isinstance(obj, dict):
+            raise UserError(f"{self.root} is damaged: {name} is missing or unreadable")
+        return obj
+
+    def __len__(self) -> int:
+        return int(self.stats.get("kept", 0))
+
+    @property
+    def stage(self) -> str:
+        return self.config.get("stage", "?")
 
     @property
     def manifest(self) -> list[dict]:
         if self._manifest is None:
-            self._manifest = read_jsonl(self.root / MANIFEST)
+            rows = read_jsonl(self.root / MANIFEST)
+            if len(rows) != len(self):
+                raise UserError(f"{self.root / MANIFEST} is damaged ({len(rows)} items, "
+                                f"expected {len(self)})")
+            self._manifest = rows
         return self._manifest
 
-    def __len__(self) -> int:
-        return int(self.stats.get("kept", len(self.manifest)))
+    @property
+    def keys(self) -> list[str]:
+        return [str(r.get("key", r.get("id"))) for r in self.manifest]
+
+    @property
+    def array_names(self) -> list[str]:
+        names = self.stats.get("arrays")
+        if names is None:  # written before the list was recorded
+            names = [p.stem for p in self.root.glob("*.npy")]
+        return sorted(names)
 
     def array(self, name: str) -> np.ndarray:
-        """A pixel array (N x H x W x C uint8), memory-mapped."""
+        """A pixel array (N x H x W x C uint8), memory-mapped, checked against its size."""
         if name not in self._arrays:
-            path = self.root / f"{name}.npy"
-            if not path.exists():
+            if name not in self.array_names:
                 raise UserError(f"dataset {self.root} has no '{name}' array")
+            path = self.root / f"{name}.npy"
+            try:
+                with open(path, "rb") as f:
+                    fmt = np.lib.format
+                    read = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else \
+                        fmt.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                    offset = f.tell()
+                size = os.path.getsize(path)
+            except (OSError, ValueError) as e:
+                raise UserError(f"{path} is damaged or missing ({e})") from None
+            need = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
+            if size != need or not shape or shape[0] != len(self):
+                raise UserError(f"{path} is damaged ({size:,} bytes for {shape}, expected "
+                                f"{len(self)} rows): re-create the dataset")
             self._arrays[name] = np.load(path, mmap_mode="r")
         return self._arrays[name]
 
@@ -415,13 +488,56 @@ class Dataset:
     def __getitem__(self, i: int) -> tuple[np.ndarray, dict]:
         return self.images[i], self.manifest[i]
 
+    @property
+    def drop_files(self) -> list[str]:
+        names = self.stats.get("drop_files")
+        if names is None:
+            names = [p.stem for p in self.root.glob("*.jsonl") if p.name != MANIFEST]
+        return sorted(names)
+
     def drops(self, file: str = "rejected") -> list[dict]:
-        return read_jsonl(self.root / f"{file}.jsonl")
+        """The items of drop list ``file`` (``rejected``, ``duplicates``)."""
+        return read_jsonl(self.root / f"{file}.jsonl") if file in self.drop_files else []
+
+    def identity(self) -> dict[str, Any]:
+        """What a later stage records of this input: a stale result is never mistaken for a
+        fresh one (another extraction of the same path has another fingerprint)."""
+        digest = hashlib.sha256(json.dumps([_identity_of(self.config),
+                                            self.stats.get("files")], sort_keys=True)
+                                .encode()).hexdigest()[:16]
+        return {"kind": "dataset", "path": str(self.root.resolve()), "stage": self.stage,
+                "count": len(self), "fingerprint": digest}
+
+    @property
+    def inputs(self) -> list[dict]:
+        """The identities of the inputs this dataset was made from (its lineage)."""
+        return list(self.config.get("inputs", []))
+
+    def result(self, skipped: bool) -> StageResult:
+        return StageResult.from_stats(self.root, self.stats, skipped)
 
 
 def is_dataset(path: str | Path) -> bool:
     """True if ``path`` is a finished dataset directory."""
     return (Path(path) / MARKER).is_file()
+
+
+def _not_finished(root: Path) -> str:
+    if not root.is_dir():
+        return f"{root} is not a folder, and not a dataset directory"
+    if (root / PROGRESS).exists():
+        return (f"{root} is an unfinished dataset: its stage stopped before the end; run "
+                "that stage again to resume it")
+    if owner_kind(root) == "run":
+        return f"{root} is a training run directory, not a dataset directory"
+    return f"{root} is not a dataset directory (no stage of this tool finished one there)"
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def _load_json(path: Path) -> Any:
@@ -431,17 +547,39 @@ def _load_json(path: Path) -> Any:
         return None
 
 
+def _identity_of(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: config.get(k) for k in ("stage", "config", "inputs")}
+
+
 def _jsonable(obj: Any) -> Any:
-    """Config values as JSON would give them back (paths as text, tuples as lists)."""
+    """Values as JSON would give them back (paths as text, tuples as lists)."""
     return json.loads(json.dumps(obj, default=str))
 
 
-def _describe_difference(old: dict | None, new: dict) -> str:
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+
+
+def describe_difference(old: dict | None, new: dict) -> str:
+    """What differs between two identities, by name: ``min_similarity 0.9 -> 0.95``."""
     if not old:
-        return "unreadable config.json"
+        return "its config.json is unreadable"
     if old.get("stage") != new["stage"]:
-        return f"stage {old.get('stage')!r}, not {new['stage']!r}"
-    a, b = old.get("config") or {}, new["config"]
-    diffs = [f"{k}={a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b))
-             if a.get(k) != b.get(k)]
-    return ", ".join(diffs[:3]) or "different config"
+        return f"a {old.get('stage')} stage, not {new['stage']}"
+    a, b = _flatten(old.get("config") or {}), _flatten(new["config"])
+    diffs = [f"{k} {_short(a.get(k))} -> {_short(b.get(k))}"
+             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if (old.get("inputs") or []) != new.get("inputs"):
+        diffs.append("its input changed since")
+    return ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "") \
+        or "other settings"
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -2,4 +2,13 @@
 
 
 class UserError(Exception):
-    """Bad input or a refused operation, explained in one line."""
+    """Bad input or a refused operation, explained in one line.
+
+    ``param``: the argument the message is about (a config field such as ``overwrite`` or
+    ``resolution``), so that the CLI can name its own flag for it; the library's message
+    speaks of values, never of flags.
+    """
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param

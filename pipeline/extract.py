@@ -1,42 +1,42 @@
 """The extraction stage: any image source to a dataset directory of centre crops.
 
-Each record is decoded once into the training-resolution crop (``images.npy``) and the 32 x 32
-thumbnail the dedup stage needs (``thumbs.npy``). Unreadable records are dropped with reason
-``corrupt`` (``too_large`` for decompression bombs) into ``rejected.jsonl``.
+Each record is decoded once into the training-resolution crop (``images``) and the 32 x 32
+thumbnail the dedup stage needs (``thumbs``). Unreadable records are dropped with reason
+``corrupt`` (``too_large`` for decompression bombs) into the ``rejected`` list.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import asdict, dataclass
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from pipeline.dataset import DatasetWriter
+from pipeline.dataset import Dataset, DatasetWriter, StageResult, is_dataset
 from pipeline.decode import THUMB, DecodeError, prepare
 from pipeline.errors import UserError
+from pipeline.outputs import cache_root
 from pipeline.runner import worker_state
-from pipeline.sources import Source
-from pipeline.stage import run_stage
-
-log = logging.getLogger(__name__)
+from pipeline.sources import DatasetSource, Source, open_source
+from pipeline.stage import HOW, check_parallelism, identity, run_stage
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
     resolution: int = 64  # side of the stored square images (centre crop, anti-aliased)
-    workers: int = 0  # decoding threads; 0 = one per core
-    chunk: int = 64  # records per task handed to a worker (small: less idle tail at the end)
+    workers: int = field(default=0, metadata=HOW)  # decoding threads; 0 = one per core
+    # Records per task handed to a worker (small: less idle tail at the end).
+    chunk: int = field(default=64, metadata=HOW)
     rank: int = 0  # this shard's index when the source is split over machines
     world_size: int = 1  # number of shards (each writes its own dataset directory)
-    overwrite: bool = False  # replace a different finished dataset in the output
 
-    def identity(self, source: Source) -> dict[str, Any]:
-        """What determines the output (not how fast it is made)."""
-        return {"source": source.describe(), "resolution": self.resolution,
-                "rank": self.rank, "world_size": self.world_size}
+    def __post_init__(self) -> None:
+        if self.resolution < 8:
+            raise UserError(f"resolution must be at least 8 (got {self.resolution})",
+                            param="resolution")
+        check_parallelism(self)
 
 
 @dataclass
@@ -75,31 +75,38 @@ def prepare_chunk(task: tuple[int, int]) -> Chunk:
                  np.stack(thumbs) if thumbs else np.zeros((0, THUMB, THUMB, 3), np.uint8))
 
 
-def extract(source: Source, out: str | Path, config: ExtractConfig = ExtractConfig(),
-            progress: bool = True, threads: bool = True) -> dict[str, Any]:
-    """Write ``source`` as a dataset directory at ``out``; returns its stats.
+def extract(source: Source, out: str | Path, config: ExtractConfig = ExtractConfig(), *,
+            overwrite: bool = False, progress: bool = True, threads: bool = True
+            ) -> StageResult:
+    """Write ``source`` as a dataset directory at ``out``.
 
-    A rerun with the same source and config is a no-op; an interrupted run resumes.
-    ``threads``: decode in threads of this process (the default: no pool to start, see
-    ``runner._run_in_threads``), else in worker processes, which leave this process's GIL
-    to other work running meanwhile (``dedup_lsun`` imports torch while it extracts).
+    A rerun with the same source and config does nothing; an interrupted run resumes.
+    ``threads``: decode in threads of this process (no pool to start), else in worker
+    processes, which leave this process's GIL to other work running meanwhile.
     """
-    if config.resolution < 8:
-        raise UserError(f"resolution must be at least 8 (got {config.resolution})")
-    writer = DatasetWriter(out, "extract", config.identity(source),
-                           {"images": (config.resolution, config.resolution, 3),
-                            "thumbs": (THUMB, THUMB, 3)}, overwrite=config.overwrite)
-    if writer.done:
-        log.info("%s is already finished with this config: nothing to do", out)
-        from pipeline.dataset import Dataset
+    if isinstance(source, DatasetSource):
+        raise UserError(f"{source.paths[0]} is already a dataset directory: extraction "
+                        "reads image folders and LSUN databases")
+    res = config.resolution
+    with DatasetWriter(out, "extract", identity(config),
+                       {"images": (res, res, 3), "thumbs": (THUMB, THUMB, 3)},
+                       lineage=[source.describe()], inputs=source.paths,
+                       overwrite=overwrite) as writer:
+        if not writer.done:
+            workers = run_stage(writer, prepare_chunk, write_chunk,
+                                {"source": source, "resolution": res}, len(source), config,
+                                desc="extract", unit="img", progress=progress,
+                                threads=threads)
+            writer.finish(workers=workers)
+    result = writer.result
+    if result.kept == 0 and result.read:
+        raise UserError(f"nothing was kept: all {result.read} records were dropped "
+                        f"({_reasons(result.dropped)}); see the list in {out}")
+    return result
 
-        return {**Dataset(out).stats, "skipped": True}
-    workers = run_stage(writer, prepare_chunk, write_chunk,
-                        {"source": source, "resolution": config.resolution}, len(source),
-                        config, desc="extract", unit="img", progress=progress,
-                        threads=threads)
-    return writer.finish(source=source.describe(), workers=workers,
-                         config=asdict(config))
+
+def _reasons(dropped: dict[str, int]) -> str:
+    return ", ".join(f"{n} {r}" for r, n in Counter(dropped).most_common())
 
 
 def write_chunk(writer: DatasetWriter, chunk: Chunk) -> int:
@@ -110,3 +117,23 @@ def write_chunk(writer: DatasetWriter, chunk: Chunk) -> int:
         if status is not None:
             writer.drop(key, status, detail=detail)
     return len(chunk.keys)
+
+
+def as_dataset(path: str | Path, resolution: int, progress: bool = True) -> Dataset:
+    """Any image source as a dataset directory: itself when it is one, else its extraction
+    at ``resolution`` in the cache (made once; a rerun finds it finished)."""
+    if is_dataset(path):
+        return Dataset(path)
+    source = open_source(path)
+    key = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:16]
+    out = cache_root() / "datasets" / f"{Path(path).name}-{key}-{resolution}"
+    config = ExtractConfig(resolution=resolution)
+    try:
+        extract(source, out, config, progress=progress)
+    except UserError as e:
+        if e.param != "overwrite":
+            raise
+        # The cache is the tool's own: an extraction of an older state of the source is
+        # replaced (the source changed since).
+        extract(source, out, config, overwrite=True, progress=progress)
+    return Dataset(out)

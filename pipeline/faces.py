@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.dataset import Dataset, DatasetWriter, is_dataset
+from pipeline.dataset import DatasetWriter, StageResult
 from pipeline.decode import MAX_PIXELS, THUMB, DecodeError, decode, resize
 from pipeline.errors import UserError
 from pipeline.face_detectors import (
@@ -30,12 +30,13 @@ from pipeline.face_detectors import (
     iou,
 )
 from pipeline.runner import worker_state
-from pipeline.sources import FolderSource, Source
-from pipeline.stage import run_stage
+from pipeline.sources import Source
+from pipeline.stage import HOW, check_parallelism, identity, run_stage
 
 log = logging.getLogger(__name__)
 
 BORDERS = ("pad", "clamp")
+PHOTO_REASONS = ("corrupt", "too_large")  # drops of a whole photo, not of a face
 
 
 @dataclass(frozen=True)
@@ -50,84 +51,38 @@ class FacesConfig:
     nms_iou: float = 0.3  # a detection overlapping a better one by more is dropped
     min_score: float = 0.0  # detections scoring lower are dropped (YuNet: try 0.9)
     max_pixels: int = MAX_PIXELS  # larger photos are refused unread (decompression bombs)
-    sheet: int = 64  # faces on each contact sheet (kept.png, rejected.png); 0 = none
-    workers: int = 0  # detection processes; 0 = one per core
-    chunk: int = 8  # photos per task handed to a worker
+    # Faces on each contact sheet (kept.png, rejected.png); 0 = none.
+    sheet: int = field(default=64, metadata=HOW)
+    workers: int = field(default=0, metadata=HOW)  # detection processes; 0 = one per core
+    chunk: int = field(default=8, metadata=HOW)  # photos per task handed to a worker
     rank: int = 0  # this shard's index when the source is split over machines
     world_size: int = 1  # number of shards (each writes its own dataset directory)
-    overwrite: bool = False  # replace a different finished dataset in the output
 
-    def check(self) -> None:
-        """Raise ``UserError`` for settings that cannot work, before any photo is read."""
+    def __post_init__(self) -> None:
+        """Settings that cannot work are refused before any photo is read."""
         if self.resolution < 8:
-            raise UserError(f"resolution must be at least 8 (got {self.resolution})")
+            raise UserError(f"resolution must be at least 8 (got {self.resolution})",
+                            param="resolution")
         if self.min_size < 1:
-            raise UserError(f"min-size must be positive (got {self.min_size})")
+            raise UserError(f"min_size must be positive (got {self.min_size})",
+                            param="min_size")
         if self.border not in BORDERS:
-            raise UserError(f"border must be one of {BORDERS} (got {self.border!r})")
+            raise UserError(f"border must be one of {', '.join(BORDERS)} (got "
+                            f"{self.border!r})", param="border")
         if not 0 <= self.margin <= 2:
-            raise UserError(f"margin must be between 0 and 2 (got {self.margin})")
+            raise UserError(f"margin must be between 0 and 2 (got {self.margin})",
+                            param="margin")
+        check_parallelism(self)
         self.detector_spec().check()
 
     def detector_spec(self) -> DetectorSpec:
-        """The detector, looking for faces down to 3/4 of ``min_size``.
-
-        Near misses are recorded as ``too_small``; searching lower costs time for nothing
-        kept (measured on a 1.2 Mpx photo, one core: 1.35 s down to 32 px, 0.76 s down to
-        48 px, 0.43 s down to 64 px). Photos are searched on a copy scaled so that this
-        smallest face is ``detect_face`` px (36: measured best on the annotated photos).
-        """
+        """The detector, looking for faces down to 3/4 of ``min_size``: near misses are
+        recorded as ``too_small``, and searching lower costs time for nothing kept."""
         return replace(self.detector, min_face=max(20, round(self.min_size * 0.75)))
 
-    def identity(self, source: Source) -> dict[str, Any]:
+    def identity(self) -> dict[str, Any]:
         """What determines the output (not how fast it is made)."""
-        d = {**asdict(self), "detector": asdict(self.detector_spec())}
-        for k in ("workers", "chunk", "overwrite", "sheet"):
-            d.pop(k)
-        return {"source": source.describe(), **d}
-
-
-class DatasetImages:
-    """A finished dataset directory's ``images.npy`` rows as a source of pixels."""
-
-    def __init__(self, root: str | Path, limit: int | None = None):
-        self.root = Path(root)
-        self._dataset: Dataset | None = None
-        rows = Dataset(self.root).manifest
-        self.keys = [str(r.get("key", r.get("id"))) for r in rows[:limit or len(rows)]]
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_dataset": None}  # each worker maps the array itself
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def read_range(self, start: int, stop: int):
-        if self._dataset is None:
-            self._dataset = Dataset(self.root)
-        images = self._dataset.images
-        for i in range(start, min(stop, len(self.keys))):
-            yield self.keys[i], np.array(images[i])
-
-    def describe(self) -> dict:
-        return {"kind": "dataset", "path": str(self.root.resolve()), "count": len(self)}
-
-
-def open_source(path: str | Path, limit: int | None = None) -> Source:
-    """A folder of photos, an LMDB (LSUN-style) or a dataset directory, by what is there."""
-    from pipeline.lsun import LsunSource
-
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path} does not exist")
-    if is_dataset(path):
-        return DatasetImages(path, limit=limit)
-    if path.is_dir() and (path / "data.mdb").is_file():
-        return LsunSource([path], limit=limit)
-    source = FolderSource(path, limit=limit)
-    if len(source) == 0:
-        raise UserError(f"no images (JPEG, PNG, WebP, BMP, TIFF) under {path}")
-    return source
+        return {**identity(self), "detector": asdict(self.detector_spec())}
 
 
 # -- the per-photo logic ---------------------------------------------------------------------
@@ -237,32 +192,31 @@ def detect_chunk(task: tuple[int, int]) -> list[PhotoResult]:
 
 
 # -- the stage ----------------------------------------------------------------------------
-def detect_faces(source: Source, out: str | Path, config: FacesConfig = FacesConfig(),
-                 progress: bool = True) -> dict[str, Any]:
-    """Write the faces found in ``source`` as a dataset directory at ``out``; its stats.
+def detect_faces(source: Source, out: str | Path, config: FacesConfig = FacesConfig(), *,
+                 overwrite: bool = False, progress: bool = True) -> StageResult:
+    """Write the faces found in ``source`` as a dataset directory at ``out``.
 
-    A rerun with the same source and config is a no-op; an interrupted run resumes.
+    A rerun with the same source and config does nothing; an interrupted run resumes.
     """
-    config.check()
     res = config.resolution
-    writer = DatasetWriter(out, "faces", config.identity(source),
-                           {"images": (res, res, 3), "thumbs": (THUMB, THUMB, 3)},
-                           overwrite=config.overwrite)
-    if writer.done:
-        log.info("%s is already finished with this config: nothing to do", out)
-        return {**Dataset(out).stats, "skipped": True}
-    sheets = Sheets(config.sheet)
+    with DatasetWriter(out, "faces", config.identity(),
+                       {"images": (res, res, 3), "thumbs": (THUMB, THUMB, 3)},
+                       lineage=[source.describe()], inputs=source.paths,
+                       overwrite=overwrite) as writer:
+        if writer.done:
+            return writer.result
+        sheets = Sheets(config.sheet)
 
-    def write(writer: DatasetWriter, chunk: list[PhotoResult]) -> int:
-        for photo in chunk:
-            write_photo(writer, photo, sheets)
-        return len(chunk)
+        def write(writer: DatasetWriter, chunk: list[PhotoResult]) -> int:
+            for photo in chunk:
+                write_photo(writer, photo, sheets)
+            return len(chunk)
 
-    workers = run_stage(writer, detect_chunk, write, {"source": source, "config": config},
-                        len(source), config, desc="faces", unit="photo", progress=progress)
-    sheets.save(writer)
-    return writer.finish(source=source.describe(), workers=workers,
-                         config={**asdict(config), "detector": asdict(config.detector_spec())})
+        workers = run_stage(writer, detect_chunk, write, {"source": source, "config": config},
+                            len(source), config, desc="faces", unit="photo",
+                            progress=progress)
+        sheets.save(writer)
+        return writer.finish(workers=workers)
 
 
 def write_photo(writer: DatasetWriter, photo: PhotoResult, sheets: Sheets) -> None:

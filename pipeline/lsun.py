@@ -17,15 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.dataset import atomic_write
 from pipeline.errors import UserError
+from pipeline.outputs import atomic_write, cache_root
 
 
 def cache_dir() -> Path:
-    """Where key lists are cached (``$DCGAN_CURATE_CACHE``, else the user cache folder)."""
-    env = os.environ.get("DCGAN_CURATE_CACHE")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return (base if env else base / "dcgan-curate") / "lsun-keys"
+    """Where key lists are cached."""
+    return cache_root() / "lsun-keys"
 
 
 def resolve_databases(paths: list[str | Path], category: str | None = None,
@@ -66,6 +64,10 @@ class LsunSource:
 
     def __len__(self) -> int:
         return self.length
+
+    @property
+    def paths(self) -> list[Path]:
+        return list(self.databases)
 
     def __getstate__(self) -> dict:
         # Workers reload the key list from the cache (memory-mapped, shared) instead of
@@ -134,7 +136,7 @@ class LsunSource:
 
     def describe(self) -> dict:
         return {"kind": "lsun", "databases": [str(d.resolve()) for d in self.databases],
-                "count": self.length}
+                "count": self.length, "stamps": [_stamp(d) for d in self.databases]}
 
 
 _ENVS: dict[str, object] = {}

@@ -1,19 +1,35 @@
 """Running a stage: a source's index ranges through a per-chunk function into a writer.
 
 Shared by every stage that turns a source into a dataset directory (extraction, faces):
-sharding over machines, resuming after the writer's last checkpoint, the process pool, the
-progress bar, and checkpointing on errors or Ctrl-C.
+the settings' identity, sharding over machines, resuming after the writer's last
+checkpoint, the worker pool and the progress report.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from pipeline.dataset import DatasetWriter
 from pipeline.errors import UserError
+from pipeline.progress import progress_bar
 from pipeline.runner import default_workers, run_ordered
+
+# Field metadata of a config setting that changes how a result is made, not what it is:
+# left out of the output's identity (a rerun with another value reuses or resumes).
+HOW = {"identity": False}
+
+
+def identity(config: Any) -> dict[str, Any]:
+    """A config dataclass's fields that determine the output (nested configs included)."""
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.metadata.get("identity", True):
+            value = getattr(config, f.name)
+            out[f.name] = identity(value) if dataclasses.is_dataclass(value) else value
+    return out
 
 
 class Parallelism(Protocol):
@@ -23,12 +39,23 @@ class Parallelism(Protocol):
     workers: int  # processes; 0 = one per core
 
 
+def check_parallelism(config: Parallelism) -> None:
+    """The sharding and pool settings every stage shares, checked once."""
+    if config.world_size < 1:
+        raise UserError(f"world_size must be at least 1 (got {config.world_size})",
+                        param="world_size")
+    if not 0 <= config.rank < config.world_size:
+        raise UserError(f"rank {config.rank} is outside 0..{config.world_size - 1}",
+                        param="rank")
+    if config.workers < 0 or config.chunk < 1:
+        raise UserError("workers must be 0 (one per core) or more, and chunk at least 1",
+                        param="workers")
+
+
 def shard_tasks(n: int, chunk: int, rank: int, world_size: int) -> list[tuple[int, int]]:
     """Index ranges of ``chunk`` records covering shard ``rank``: the ``rank``-th of
     ``world_size`` contiguous blocks (which records a shard holds never depends on
     ``chunk``, a speed setting that may differ between runs)."""
-    if not 0 <= rank < world_size:
-        raise UserError(f"rank {rank} is outside 0..{world_size - 1}")
     lo, hi = rank * n // world_size, (rank + 1) * n // world_size
     return [(s, min(s + chunk, hi)) for s in range(lo, hi, chunk)]
 
@@ -55,17 +82,13 @@ def run_stage(writer: DatasetWriter, fn: Callable[[tuple[int, int]], Any],
               threads: bool = False) -> int:
     """Run ``fn`` on the records ``writer`` has not consumed yet and ``write`` each result,
     in order (``write`` returns how many records the result covers); returns the number of
-    workers (processes, or ``threads`` of this process: ``runner.run_ordered``). On any
-    error or Ctrl-C the writer is checkpointed for a resume.
-    """
-    from tqdm import tqdm
-
+    workers (processes, or ``threads`` of this process: ``runner.run_ordered``). An error or
+    Ctrl-C leaves the writer to checkpoint (its context does)."""
     tasks = shard_tasks(n, config.chunk, config.rank, config.world_size)
     total = sum(b - a for a, b in tasks)
     todo = remaining_tasks(tasks, writer.position)
     workers = config.workers or default_workers()
-    bar = tqdm(total=total, initial=total - sum(b - a for a, b in todo), unit=unit, desc=desc,
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total, desc, unit, progress, initial=total - sum(b - a for a, b in todo))
     try:
         for result in run_ordered(fn, todo, state, min(workers, max(1, len(todo))),
                                   threads):
@@ -74,9 +97,6 @@ def run_stage(writer: DatasetWriter, fn: Callable[[tuple[int, int]], Any],
             bar.update(consumed)
             bar.set_postfix(kept=writer.kept, dropped=sum(writer.dropped.values()),
                             refresh=False)
-    except BaseException:
-        writer.abort()
-        raise
     finally:
         with contextlib.suppress(Exception):
             bar.close()

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.samples import encode, lsun_key, package_photos, random_view, write_lmdb
+from demo.samples import encode, lsun_key, package_photos, random_view, write_lmdb
 
 os.environ.setdefault("DCGAN_CURATE_CACHE", "")  # overridden per test below
 

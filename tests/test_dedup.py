@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from demo.neardup import make_neardup_set
 from pipeline.decode import prepare
 from pipeline.dedup import (
     AutoencoderConfig,
@@ -25,7 +26,6 @@ from pipeline.dedup.hashing import (
     pack_codes,
     unpack_codes,
 )
-from pipeline.dedup.neardup import make_neardup_set
 from pipeline.dedup.search import candidate_pairs, dct_signatures, group, pixel_similarity
 from pipeline.errors import UserError
 
@@ -247,7 +247,7 @@ def test_dct_signatures_match_opencv_dct(neardups):
 
 
 def _enc(img):
-    from pipeline.samples import encode
+    from demo.samples import encode
 
     return encode(img, "jpeg", 85)
 

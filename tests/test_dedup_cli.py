@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from demo.neardup import make_neardup_set
+from demo.samples import lsun_key, write_lmdb
 from pipeline.dataset import Dataset, read_jsonl
-from pipeline.dedup.neardup import make_neardup_set
-from pipeline.samples import lsun_key, write_lmdb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def deduped(neardup_db, tmp_path_factory):
 def test_dedup_lsun_outputs(neardup_db, deduped):
     _, truth, total = neardup_db
     out, r = deduped
-    assert "near-duplicates" in r.stdout and "Removed" in r.stdout
+    assert "near-duplicates" in r.stdout and "removed" in r.stdout
     ds = Dataset(out)
     kept = [m["key"] for m in ds.manifest]
     dups = read_jsonl(out / "duplicates.jsonl")
@@ -55,7 +55,9 @@ def test_dedup_lsun_outputs(neardup_db, deduped):
     assert len(kept) + len(dups) + len(corrupt) == total
     assert {c["key"] for c in corrupt} == {"bad-text", "bad-cut"}
     assert all(c["reason"] == "corrupt" for c in corrupt)
-    assert ds.stats["dropped"] == {"corrupt": 2, "duplicate": len(dups)}
+    # This stage's drops, and the input's own (corrupt records) listed again, counted apart.
+    assert ds.stats["dropped"] == {"duplicate": len(dups)}
+    assert ds.stats["carried"] == {"corrupt": 2}
     assert ds.images.shape == (len(kept), 64, 64, 3) and ds.array("thumbs").shape[0] == len(kept)
     kept_set = set(kept)
     assert all(d["duplicate_of"] in kept_set and d["reason"] == "duplicate" for d in dups)
@@ -79,7 +81,7 @@ def test_rerun_threshold_change_and_model_reuse(neardup_db, deduped, tmp_path):
     assert r.returncode == 0 and "nothing to do" in r.stdout
     r = run_cli("dedup", "lsun", str(db), "--out", str(out), "--epochs", "6",
                 "--min-similarity", "0.97", "-q")
-    assert r.returncode == 2 and "different finished dataset" in r.stderr
+    assert r.returncode == 2 and "search.min_similarity 0.9 -> 0.97" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     codes_mtime = (out / "hash" / "codes.npy").stat().st_mtime_ns
     removed_before = Dataset(out).stats["removed"]
@@ -102,6 +104,9 @@ def test_bad_inputs_are_one_line_errors(neardup_db, tmp_path):
     few = tmp_path / "few"
     r = run_cli("dedup", "lsun", str(db), "--out", str(few), "--limit", "20", "-q")
     assert r.returncode == 2 and "at least 32" in r.stderr and "--model" in r.stderr
+    assert not few.exists()  # refused before anything is written (issue 17)
+    run_cli("extract", "lsun", str(db), "--out", str(few / "extracted"), "--limit", "20",
+            "-q")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"nope")
     r = run_cli("dedup", str(few / "extracted"), "--out", str(tmp_path / "o"),

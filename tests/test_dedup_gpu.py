@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from demo.neardup import make_neardup_set
 from pipeline.decode import prepare
 from pipeline.dedup import (
     AutoencoderConfig,
@@ -15,7 +16,6 @@ from pipeline.dedup import (
     hash_thumbs,
     train_autoencoder,
 )
-from pipeline.dedup.neardup import make_neardup_set
 
 pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():

@@ -22,8 +22,8 @@ from dcgan.fid import (
 )
 from dcgan.labelled import fashion_mnist, load_labelled, write_fashion_mnist
 from dcgan.train import train
+from demo.samples import encode
 from pipeline.errors import UserError
-from pipeline.samples import encode
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = TrainConfig(resolution=32, nz=16, ngf=16, ndf=16, batch_size=32, steps=40,

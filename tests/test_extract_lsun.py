@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from demo.samples import encode, write_lmdb
 from pipeline.dataset import Dataset
 from pipeline.decode import DecodeError, center_crop, decode, prepare, resize, sniff
 from pipeline.errors import UserError
 from pipeline.extract import ExtractConfig, extract
 from pipeline.lsun import LsunSource, cache_dir, key_text, resolve_databases
-from pipeline.samples import encode, write_lmdb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,9 +67,9 @@ def test_extract_lsun_keeps_valid_drops_corrupt(lsun_db, lsun_records, tmp_path)
     src = LsunSource(resolve_databases([lsun_db]))
     assert len(src) == 30
     out = tmp_path / "out"
-    stats = extract(src, out, ExtractConfig(workers=2, chunk=7), progress=False)
-    assert stats["read"] == 30 and stats["kept"] == 25
-    assert stats["dropped"] == {"corrupt": 5}
+    r = extract(src, out, ExtractConfig(workers=2, chunk=7), progress=False)
+    assert r.read == 30 and r.kept == 25
+    assert r.dropped == {"corrupt": 5}
     d = Dataset(out)
     assert d.images.shape == (25, 64, 64, 3) and d.array("thumbs").shape == (25, 32, 32, 3)
     keys = [r["key"] for r in d.manifest]
@@ -103,7 +103,7 @@ def test_limit_and_sharding(lsun_db, tmp_path):
     s0 = extract(src, tmp_path / "s0", ExtractConfig(chunk=3, world_size=2), progress=False)
     s1 = extract(src, tmp_path / "s1", ExtractConfig(chunk=4, rank=1, world_size=2),
                  progress=False)
-    assert s0["read"] == s1["read"] == 5
+    assert s0.read == s1.read == 5
     seen = []
     for shard in ("s0", "s1"):
         d = Dataset(tmp_path / shard)
@@ -155,7 +155,9 @@ def test_cli_extract_lsun_then_rerun_is_noop(lsun_db, tmp_path):
     assert r.returncode == 0 and "nothing to do" in r.stdout
     assert (out / "images.npy").stat().st_mtime_ns == mtime
     r = run_cli("extract", "lsun", str(lsun_db), "--out", str(out), "--resolution", "32")
-    assert r.returncode == 2 and "different finished dataset" in r.stderr
+    # Only what differs is named, with the flag that replaces it (issue 17).
+    assert r.returncode == 2 and "other settings (resolution 64 -> 32)" in r.stderr
+    assert "pass --overwrite" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -226,7 +228,7 @@ def test_interrupted_extract_resumes_to_identical_result(lsun_db, tmp_path, monk
         calls.append(1)
         if len(calls) == 3:
             real(self, keys[:2], {k: a[:2] for k, a in arrays.items()})
-            self._arrays["images"].extend(arrays["images"][2:3])  # half an item
+            self._parts["images.npy"].extend(arrays["images"][2:3])  # half an item
             raise KeyboardInterrupt
         return real(self, keys, arrays, meta)
 
@@ -238,8 +240,8 @@ def test_interrupted_extract_resumes_to_identical_result(lsun_db, tmp_path, monk
     progress = json.loads((out / "progress.json").read_text())
     assert progress["position"] % 4 == 0 and 0 < progress["kept"] < 10
     monkeypatch.setattr(DatasetWriter, "add_many", real)
-    stats = extract(src, out, ExtractConfig(workers=workers, chunk=5), progress=False)
-    assert stats["read"] == 30 and stats["kept"] == 25
+    r = extract(src, out, ExtractConfig(workers=workers, chunk=5), progress=False)
+    assert r.read == 30 and r.kept == 25
     _same_dataset(out, tmp_path / "clean")
 
 
@@ -300,9 +302,9 @@ def test_cli_unusable_outputs_are_one_line_errors(lsun_db, tmp_path):
     (tmp_path / "file").write_text("x")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    for out, msg in ((tmp_path / "file", "not a directory"),
+    for out, msg in ((tmp_path / "file", "is not a folder"),
                      (tmp_path / "file" / "sub", "cannot write"),
-                     (tmp_path / "mine", "not empty and is not a dataset directory")):
+                     (tmp_path / "mine", "did not write (notes.txt)")):
         r = run_cli("extract", "lsun", str(lsun_db), "--out", str(out), "--limit", "3")
         assert r.returncode == 2 and msg in r.stderr, r.stderr
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -11,21 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from demo.face_eval import evaluate, load_annotations, load_photo
+from demo.samples import encode, write_lmdb
 from pipeline.dataset import Dataset
 from pipeline.errors import UserError
 from pipeline.extract import ExtractConfig, extract
 from pipeline.face_detectors import Detection, DetectorSpec, build_detector, iou
-from pipeline.face_eval import evaluate, load_annotations, load_photo
 from pipeline.faces import (
     FacesConfig,
     crop_face,
     detect_faces,
     find_faces,
-    open_source,
     square_box,
     suppress,
 )
-from pipeline.samples import encode, write_lmdb
+from pipeline.sources import open_source
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT_FACE = [178, 68, 92, 92]  # tests/data/faces/boxes.json, checked by eye
@@ -180,9 +180,9 @@ def bad_folder(tmp_path_factory, astronaut) -> Path:
 
 def test_bad_inputs_in_a_folder(bad_folder, tmp_path):
     out = tmp_path / "faces"
-    stats = detect_faces(open_source(bad_folder), out, FacesConfig(min_size=64, workers=2,
-                                                                   chunk=3), progress=False)
-    assert stats["read"] == 9
+    r = detect_faces(open_source(bad_folder), out, FacesConfig(min_size=64, workers=2,
+                                                               chunk=3), progress=False)
+    assert r.read == 9
     d = Dataset(out)
     by_source = {r["source"]: r for r in d.manifest}
     for name in ("phone/rotated.jpg", "deep16.png", "alpha.png", "grey.jpg"):
@@ -207,9 +207,9 @@ def test_no_faces_gives_an_empty_valid_dataset(tmp_path):
     src.mkdir()
     for name in ("coffee", "chelsea", "rocket"):
         (src / f"{name}.jpg").write_bytes(encode(getattr(data, name)(), "jpeg", 90))
-    stats = detect_faces(open_source(src), tmp_path / "out", FacesConfig(workers=1),
-                         progress=False)
-    assert stats["read"] == 3 and stats["kept"] == 0
+    r = detect_faces(open_source(src), tmp_path / "out", FacesConfig(workers=1),
+                     progress=False)
+    assert r.read == 3 and r.kept == 0
     d = Dataset(tmp_path / "out")
     assert d.images.shape == (0, 64, 64, 3) and d.manifest == []
 
@@ -220,18 +220,18 @@ def test_lmdb_and_dataset_sources(tmp_path, astronaut):
     db = write_lmdb(tmp_path / "photos_lmdb", [(b"k-astronaut", encode(astronaut, "webp")),
                                                 (b"k-cat", encode(data.chelsea(), "jpeg")),
                                                 (b"k-bad", b"garbage")])
-    stats = detect_faces(open_source(db), tmp_path / "f1", FacesConfig(workers=1),
-                         progress=False)
-    assert stats["kept"] == 1 and stats["dropped"].get("corrupt") == 1
+    r = detect_faces(open_source(db), tmp_path / "f1", FacesConfig(workers=1),
+                     progress=False)
+    assert r.kept == 1 and r.dropped.get("corrupt") == 1
     row = Dataset(tmp_path / "f1").manifest[0]
     assert row["source"] == "k-astronaut" and iou(row["box"], ASTRONAUT_FACE) >= 0.6
     # a dataset directory: its stored pixels are searched (256 px: the face is ~46 px)
     extract(open_source(db), tmp_path / "ds", ExtractConfig(resolution=256, workers=1),
             progress=False)
-    stats = detect_faces(open_source(tmp_path / "ds"), tmp_path / "f2",
-                         FacesConfig(min_size=40, workers=1), progress=False)
+    r = detect_faces(open_source(tmp_path / "ds"), tmp_path / "f2",
+                     FacesConfig(min_size=40, workers=1), progress=False)
     row = Dataset(tmp_path / "f2").manifest[0]
-    assert stats["kept"] == 1 and row["source"] == "k-astronaut"
+    assert r.kept == 1 and row["source"] == "k-astronaut"
     assert iou(row["box"], [v / 2 for v in ASTRONAUT_FACE]) >= 0.5
 
 
@@ -242,7 +242,7 @@ def test_workers_and_rerun_do_not_change_the_output(bad_folder, tmp_path):
     da, db = Dataset(tmp_path / "a"), Dataset(tmp_path / "b")
     assert da.manifest == db.manifest and np.array_equal(da.images, db.images)
     again = detect_faces(src, tmp_path / "a", FacesConfig(workers=1, chunk=4), progress=False)
-    assert again["skipped"] and again["kept"] == a["kept"]
+    assert again.skipped and again.kept == a.kept
 
 
 class Interrupted(Exception):
@@ -254,6 +254,7 @@ class FailingSource:
 
     def __init__(self, inner, fail_at: int):
         self.inner, self.fail_at = inner, fail_at
+        self.paths = inner.paths
 
     def __len__(self) -> int:
         return len(self.inner)
@@ -275,24 +276,24 @@ def test_interrupted_run_resumes_to_the_same_dataset(bad_folder, tmp_path):
         detect_faces(FailingSource(src, 5), tmp_path / "r", config, progress=False)
     assert not (tmp_path / "r" / "COMPLETE").exists()
     assert json.loads((tmp_path / "r" / "progress.json").read_text())["position"] == 4
-    stats = detect_faces(src, tmp_path / "r", config, progress=False)
+    r = detect_faces(src, tmp_path / "r", config, progress=False)
     detect_faces(src, tmp_path / "clean", config, progress=False)
     a, b = Dataset(tmp_path / "r"), Dataset(tmp_path / "clean")
-    assert stats["read"] == 9 and a.manifest == b.manifest and a.drops() == b.drops()
+    assert r.read == 9 and a.manifest == b.manifest and a.drops() == b.drops()
     assert np.array_equal(a.images, b.images)
 
 
 def test_yunet_model_errors(tmp_path):
     with pytest.raises(UserError, match="needs --model"):
-        FacesConfig(detector=DetectorSpec(kind="yunet")).check()
+        FacesConfig(detector=DetectorSpec(kind="yunet"))
     with pytest.raises(UserError, match="does not exist"):
-        FacesConfig(detector=DetectorSpec(kind="yunet", model=str(tmp_path / "no.onnx"))).check()
+        FacesConfig(detector=DetectorSpec(kind="yunet", model=str(tmp_path / "no.onnx")))
     bogus = tmp_path / "bogus.onnx"
     bogus.write_bytes(b"not a model")
     with pytest.raises(UserError, match="cannot load YuNet model"):
-        FacesConfig(detector=DetectorSpec(kind="yunet", model=str(bogus))).check()
+        FacesConfig(detector=DetectorSpec(kind="yunet", model=str(bogus)))
     with pytest.raises(UserError, match="unknown detector"):
-        FacesConfig(detector=DetectorSpec(kind="mtcnn")).check()
+        FacesConfig(detector=DetectorSpec(kind="mtcnn"))
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -305,7 +306,9 @@ def test_cli_detect_faces(bad_folder, tmp_path):
     r = run_cli("detect-faces", str(bad_folder), "--out", str(out), "--min-size", "64",
                 "--resolution", "48", "-j", "2")
     assert r.returncode == 0, r.stderr
-    assert "kept 4" in r.stdout and "4 faces detected, 4 kept" in r.stdout
+    # Photos and faces are counted apart (issue 17): 9 photos, 4 of them unreadable.
+    assert "Searched 9 photos (4 unreadable: 3 corrupt, 1 too_large): 4 faces found, " \
+        "4 kept" in r.stdout, r.stdout
     stats = json.loads((out / "stats.json").read_text())
     assert stats["kept"] == 4 and stats["dropped"]["corrupt"] == 3
     assert Dataset(out).images.shape == (4, 48, 48, 3)

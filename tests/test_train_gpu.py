@@ -10,8 +10,8 @@ import torch
 from dcgan.checkpoint import TrainConfig, load_checkpoint, load_generator
 from dcgan.data import DataOrder, Feed
 from dcgan.train import Trainer, train
+from demo.samples import package_photos, random_view
 from pipeline.dataset import Dataset, DatasetWriter
-from pipeline.samples import package_photos, random_view
 
 pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():

@@ -1,14 +1,12 @@
 """The dedup stage: a dataset directory in, the same directory without near-duplicates out.
 
-Outputs in ``out``: the cleaned dataset (every pixel array of the input, rows of removed
-items left out; the manifest keeps the input's fields plus ``source_id``),
-``duplicates.jsonl`` (one line per removed image: ``key``, ``reason: "duplicate"``,
-``duplicate_of`` (a kept key), ``distance`` (code bits), ``similarity`` (pixel check)),
-``review.png`` (random removed/kept pairs side by side, the paper's way of estimating false
-positives), and ``stats.json`` with the summary (removed count, group sizes).
-``hash/`` keeps the trained ``autoencoder.pt``, the packed ``codes.npy`` and the eight 32-bit
-keys ``keys.npy`` of every input item, so a rerun with other thresholds (``--overwrite``)
-does not re-encode.
+Outputs besides the cleaned dataset (every pixel array of the input, rows of removed items
+left out; the manifest keeps the input's fields plus ``source_id``): the ``duplicates`` drop
+list (``key``, ``duplicate_of`` (a kept key), ``distance`` (code bits), ``similarity``
+(pixel check)), ``review.png`` (random removed/kept pairs side by side, the paper's way of
+estimating false positives) and ``hash/``: the trained ``autoencoder.pt``, the packed
+``codes.npy`` and the eight 32-bit ``keys.npy`` of every input item, so that a rerun with
+other thresholds does not encode again.
 """
 
 from __future__ import annotations
@@ -19,26 +17,23 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.dataset import (
-    Dataset,
-    DatasetWriter,
-    atomic_write,
-    is_dataset,
-    read_jsonl,
-    write_json,
-)
+from pipeline.dataset import Dataset, DatasetWriter, StageResult, atomic_write, write_json
 from pipeline.dedup.search import SearchConfig
+from pipeline.devices import DEVICES
 from pipeline.errors import UserError
+from pipeline.outputs import OutputDir
+from pipeline.progress import progress_bar
+from pipeline.stage import HOW, identity
 
 log = logging.getLogger(__name__)
 
-HASH_DIR = "hash"  # cached model, codes and keys (kept across --overwrite)
+HASH_DIR = "hash"  # cached model, codes and keys (kept when the stage starts again)
 EXTRACTED_DIR = "extracted"  # the extraction cache of `dedup lsun`
 _WRITE_BLOCK = 1024  # items written at once, then a commit point (per item: 60 us)
 
@@ -49,23 +44,32 @@ class DedupConfig:
     steps: int = 128  # autoencoder optimizer steps (batches of 256 thumbnails)
     epochs: int | None = None  # instead of steps: passes over the training (sub)set
     train_limit: int = 20000  # random training subset size when the data is larger
-    device: str = "auto"  # auto | cuda | cpu, for training and hashing
+    device: str = field(default="auto", metadata=HOW)  # auto | cuda | cpu: train and hash
     seed: int = 0  # training subset, initialization, review-sheet sample
     limit: int | None = None  # only the first N items of the dataset
     search: SearchConfig = field(default_factory=SearchConfig)  # probing and thresholds
-    review_pairs: int = 24  # removed/kept pairs on the review sheet
-    overwrite: bool = False  # replace a different finished result in the output
+    review_pairs: int = field(default=24, metadata=HOW)  # pairs on the review sheet
 
-    def identity(self, dataset: Path) -> dict[str, Any]:
-        """What determines the output (the device and review sheet do not)."""
-        return {"input": str(dataset.resolve()), "limit": self.limit,
-                "model": str(Path(self.model).resolve()) if self.model else None,
-                "steps": self.steps, "epochs": self.epochs,
-                "train_limit": self.train_limit, "seed": self.seed,
-                "search": asdict(self.search)}
+    def __post_init__(self) -> None:
+        if self.steps < 1 or (self.epochs is not None and self.epochs < 1):
+            raise UserError("steps and epochs must be at least 1", param="steps")
+        if self.train_limit < 1:
+            raise UserError("train_limit must be at least 1", param="train_limit")
+        if self.limit is not None and self.limit < 1:
+            raise UserError("limit must be at least 1", param="limit")
+        if self.device not in DEVICES:
+            raise UserError(f"device must be one of {', '.join(DEVICES)} (got "
+                            f"{self.device!r})", param="device")
+        if self.model is not None and not Path(self.model).is_file():
+            raise UserError(f"autoencoder file {self.model} does not exist", param="model")
+
+    def identity(self) -> dict[str, Any]:
+        """What determines the output (the device and the review sheet do not)."""
+        model = str(Path(self.model).resolve()) if self.model else None
+        return {**identity(self), "model": model}
 
 
-def _hash(ds: Dataset, thumbs: np.ndarray, config: DedupConfig, hash_dir: Path,
+def _hash(ds: Dataset, thumbs: np.ndarray, config: DedupConfig, writer: DatasetWriter,
           progress: bool) -> tuple[np.ndarray, np.ndarray, dict]:
     """Codes and keys of every item: from the cache, else trained/loaded model + encoding."""
     from pipeline.dedup.autoencoder import (
@@ -78,15 +82,18 @@ def _hash(ds: Dataset, thumbs: np.ndarray, config: DedupConfig, hash_dir: Path,
     from pipeline.dedup.hashing import hash_thumbs
     from pipeline.devices import resolve_device
 
-    ident = {k: v for k, v in config.identity(ds.root).items() if k != "search"}
-    ident["input_finished"] = (ds.root / "COMPLETE").read_text().strip()
+    ident = {k: v for k, v in config.identity().items() if k != "search"}
+    ident["input"] = ds.identity()
     ident["format"] = FORMAT_VERSION  # codes and keys of another layout are recomputed
-    meta_path = hash_dir / "hash.json"
-    if meta_path.exists() and (hash_dir / "codes.npy").exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("identity") == ident:
-            log.info("reusing codes from %s", hash_dir)
-            return np.load(hash_dir / "codes.npy"), np.load(hash_dir / "keys.npy"), meta
+    paths = {n: writer.path(f"{HASH_DIR}/{n}")
+             for n in ("hash.json", "codes.npy", "keys.npy", "autoencoder.pt")}
+    with contextlib.suppress(OSError, ValueError):
+        meta = json.loads(paths["hash.json"].read_text())
+        if meta.get("identity") == json.loads(json.dumps(ident)):
+            codes, keys = np.load(paths["codes.npy"]), np.load(paths["keys.npy"])
+            if len(codes) == len(keys) == len(thumbs):
+                log.info("reusing the codes in %s", paths["codes.npy"].parent)
+                return codes, keys, meta
     t0 = time.perf_counter()
     device = resolve_device(config.device)
     acts = None
@@ -95,8 +102,7 @@ def _hash(ds: Dataset, thumbs: np.ndarray, config: DedupConfig, hash_dir: Path,
         trained = False
     else:
         ae = AutoencoderConfig(steps=config.steps, epochs=config.epochs,
-                               train_limit=config.train_limit,
-                               seed=config.seed)
+                               train_limit=config.train_limit, seed=config.seed)
         # Trained on every thumbnail (up to train_limit), it has encoded them all already.
         model, acts = train_autoencoder(thumbs, ae, device, progress, return_activations=True)
         model = model.to(device)
@@ -104,15 +110,14 @@ def _hash(ds: Dataset, thumbs: np.ndarray, config: DedupConfig, hash_dir: Path,
     t1 = time.perf_counter()
     codes, keys = hash_thumbs(model, thumbs, acts)
     t2 = time.perf_counter()
-    hash_dir.mkdir(parents=True, exist_ok=True)
-    save_autoencoder(model, hash_dir / "autoencoder.pt")
+    save_autoencoder(model, paths["autoencoder.pt"])
     for name, arr in (("codes.npy", codes), ("keys.npy", keys)):
-        with atomic_write(hash_dir / name, "wb") as f:
+        with atomic_write(paths[name], "wb") as f:
             np.save(f, arr)
     meta = {"identity": ident, "trained": trained, "device": device,
             "loss": model.config.get("final_loss"),
             "train_seconds": round(t1 - t0, 3), "hash_seconds": round(t2 - t1, 3)}
-    write_json(meta_path, meta)
+    write_json(paths["hash.json"], meta)
     return codes, keys, meta
 
 
@@ -134,108 +139,105 @@ def _review_sheet(path: Path, pictures: np.ndarray, manifest: list[dict],
     save_sheet(tiles, path, ncol=8, captions=captions, cell=max(64, pictures.shape[1]))
 
 
-def dedup(dataset: str | Path, out: str | Path, config: DedupConfig = DedupConfig(),
-          progress: bool = True, preserve: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Remove near-duplicates from ``dataset`` into ``out``; returns the stats (summary).
+def dedup(dataset: str | Path, out: str | Path, config: DedupConfig = DedupConfig(), *,
+          overwrite: bool = False, progress: bool = True) -> StageResult:
+    """Remove near-duplicates from the dataset directory ``dataset`` into ``out``.
 
-    A rerun with the same input and config is a no-op. ``preserve``: other entries of
-    ``out`` to keep (``dedup_lsun``'s extraction cache).
+    A rerun with the same input and config does nothing; an interrupted run resumes.
     """
-    from tqdm import tqdm
+    ds = Dataset(dataset)
+    inputs = [dataset, *([config.model] if config.model else [])]
+    _check_size(ds, config)
+    with DatasetWriter(out, "dedup", config.identity(), _arrays(ds), lineage=[ds.identity()],
+                       inputs=inputs, overwrite=overwrite, keep=(HASH_DIR,)) as writer:
+        return writer.result if writer.done else _dedup(ds, writer, config, progress)
 
+
+def _arrays(ds: Dataset) -> dict[str, tuple[int, ...]]:
+    if "thumbs" not in ds.array_names:
+        raise UserError(f"{ds.root} has no 32x32 thumbnails (a dataset made by an older "
+                        "version?): extract it again")
+    return {n: ds.array(n).shape[1:] for n in ds.array_names}
+
+
+def _check_size(ds: Dataset, config: DedupConfig) -> None:
+    """Refuse data too small to train on before anything is written."""
+    n = len(ds) if config.limit is None else min(config.limit, len(ds))
+    if n == 0:
+        raise UserError(f"{ds.root} holds no images to deduplicate")
+    _check_trainable(n, config)
+
+
+def _check_trainable(n: int, config: DedupConfig) -> None:
+    from pipeline.dedup.autoencoder import MIN_TRAIN
+
+    if not config.model and n < MIN_TRAIN:
+        raise UserError(f"{n} images are too few to train the dedup autoencoder: it needs at "
+                        f"least {MIN_TRAIN}, or a trained model", param="model")
+
+
+def _dedup(ds: Dataset, writer: DatasetWriter, config: DedupConfig,
+           progress: bool) -> StageResult:
     from pipeline.dedup.search import find_duplicates
 
-    dataset, out = Path(dataset), Path(out)
-    if dataset.resolve() == out.resolve():
-        raise UserError("--out must differ from the input dataset")
-    ds = Dataset(dataset)
-    names = sorted(p.stem for p in dataset.glob("*.npy"))
-    if "thumbs" not in names:
-        raise UserError(f"{dataset} has no thumbs.npy (32x32 thumbnails): make it with "
-                        "`python cli.py extract`")
-    arrays = {n: ds.array(n) for n in names}
-    n = len(arrays["thumbs"]) if config.limit is None else min(config.limit,
-                                                                len(arrays["thumbs"]))
-    arrays = {k: a[:n] for k, a in arrays.items()}
+    n = len(ds) if config.limit is None else min(config.limit, len(ds))
+    sources = {k: ds.array(k) for k in ds.array_names}  # whole memory maps: copied file to file
     manifest = ds.manifest[:n]
-    writer = DatasetWriter(out, "dedup", config.identity(dataset),
-                           {k: a.shape[1:] for k, a in arrays.items()},
-                           overwrite=config.overwrite, preserve=(HASH_DIR, *preserve))
-    if writer.done:
-        log.info("%s is already finished with this config: nothing to do", out)
-        return {**Dataset(out).stats, "skipped": True}
-    try:
-        if n == 0:
-            raise UserError(f"{dataset} holds no images to deduplicate")
-        thumbs = np.ascontiguousarray(arrays["thumbs"])
-        codes, keys, meta = _hash(ds, thumbs, config, out / HASH_DIR, progress)
-        t0 = time.perf_counter()
-        result = find_duplicates(codes, keys, thumbs, config.search)
-        t_search = time.perf_counter() - t0
-        dup_of = result.duplicate_of
-        # Drops the input already recorded (corrupt records) stay counted and listed.
-        carried = 0 if writer.position else _carry_drops(writer, dataset)
-        bar = tqdm(total=n, initial=writer.position, desc="write", unit="img",
-                   disable=not progress, dynamic_ncols=True)
-        sources = {k: ds.array(k) for k in arrays}  # whole memory maps: copied file to file
-        for start in range(writer.position, n, _WRITE_BLOCK):
-            block = np.arange(start, min(n, start + _WRITE_BLOCK))
-            kept = block[dup_of[block] < 0]
-            writer.copy_many([manifest[i]["key"] for i in kept], sources, kept,
-                             [{**{k: v for k, v in manifest[i].items() if k not in ("id", "key")},
-                               "source_id": int(i)} for i in kept])
-            for i in block[dup_of[block] >= 0]:
-                writer.drop(manifest[i]["key"], "duplicate", file="duplicates",
-                            duplicate_of=manifest[dup_of[i]]["key"],
-                            distance=int(result.distance[i]),
-                            similarity=round(float(result.similarity[i]), 4))
-            writer.advance(len(block))  # a commit point per block, not per item
-            bar.update(len(block))
-        bar.close()
-        pictures = arrays.get("images", arrays["thumbs"])
-        _review_sheet(writer.path("review.png"), pictures, manifest, dup_of,
-                      config.review_pairs, config.seed)
-        groups = result.groups()
-        sizes = Counter(len(v) + 1 for v in groups.values())
-        summary = {
-            "removed": int((dup_of >= 0).sum()), "groups": len(groups),
-            "group_sizes": {str(k): v for k, v in sorted(sizes.items())},
-            "largest_group": max(sizes) if sizes else 1,
-            "candidates": result.candidates, "confirmed": result.confirmed,
-            "carried_drops": carried, "trained": meta.get("trained"),
-            "autoencoder_loss": meta.get("loss"), "device": meta.get("device"),
-            "train_seconds": meta.get("train_seconds"),
-            "hash_seconds": meta.get("hash_seconds"), "search_seconds": round(t_search, 3),
-        }
-    except BaseException:
-        writer.abort()
-        raise
-    return writer.finish(**summary)
+    thumbs = np.ascontiguousarray(sources["thumbs"][:n])
+    codes, keys, meta = _hash(ds, thumbs, config, writer, progress)
+    t0 = time.perf_counter()
+    result = find_duplicates(codes, keys, thumbs, config.search)
+    t_search = time.perf_counter() - t0
+    dup_of = result.duplicate_of
+    # Drops the input already recorded (corrupt records) stay listed, counted apart.
+    if writer.position == 0:
+        _carry_drops(writer, ds)
+    t0 = time.perf_counter()
+    bar = progress_bar(n, "write", "img", progress, initial=writer.position)
+    for start in range(writer.position, n, _WRITE_BLOCK):
+        block = np.arange(start, min(n, start + _WRITE_BLOCK))
+        kept = block[dup_of[block] < 0]
+        writer.copy_many([manifest[i]["key"] for i in kept], sources, kept,
+                         [{**{k: v for k, v in manifest[i].items() if k not in ("id", "key")},
+                           "source_id": int(i)} for i in kept])
+        for i in block[dup_of[block] >= 0]:
+            writer.drop(manifest[i]["key"], "duplicate", file="duplicates",
+                        duplicate_of=manifest[dup_of[i]]["key"],
+                        distance=int(result.distance[i]),
+                        similarity=round(float(result.similarity[i]), 4))
+        writer.advance(len(block))  # a commit point per block, not per item
+        bar.update(len(block))
+    bar.close()
+    pictures = sources.get("images", sources["thumbs"])
+    _review_sheet(writer.path("review.png"), pictures, manifest, dup_of, config.review_pairs,
+                  config.seed)
+    groups = result.groups()
+    sizes = Counter(len(v) + 1 for v in groups.values())
+    return writer.finish(
+        removed=int((dup_of >= 0).sum()), groups=len(groups),
+        group_sizes={str(k): v for k, v in sorted(sizes.items())},
+        largest_group=max(sizes) if sizes else 1,
+        candidates=result.candidates, confirmed=result.confirmed,
+        trained=meta.get("trained"), autoencoder_loss=meta.get("loss"),
+        device=meta.get("device"), train_seconds=meta.get("train_seconds"),
+        hash_seconds=meta.get("hash_seconds"), search_seconds=round(t_search, 3),
+        write_seconds=round(time.perf_counter() - t0, 3))
 
 
-def _carry_drops(writer: DatasetWriter, dataset: Path) -> int:
-    """Copy the input's drop records (e.g. corrupt records) into the output's drop files."""
-    count = 0
-    for path in sorted(dataset.glob("*.jsonl")):
-        if path.name == "manifest.jsonl":
-            continue
-        for rec in read_jsonl(path):
+def _carry_drops(writer: DatasetWriter, ds: Dataset) -> None:
+    """Copy the input's drop lists (e.g. corrupt records) into the output's."""
+    for file in ds.drop_files:
+        for rec in ds.drops(file):
             rest = {k: v for k, v in rec.items() if k not in ("key", "reason")}
-            writer.drop(rec["key"], rec.get("reason", "rejected"), file=path.stem, **rest)
-            count += 1
-    return count
+            writer.drop(rec["key"], rec.get("reason", "rejected"), file=file, carried=True,
+                        **rest)
 
 
 def _warm_up_torch(device: str) -> threading.Thread:
     """Import torch and start CUDA (unless ``device`` is cpu) in a background thread, while
-    the extraction's worker processes decode and this process mostly waits on them.
-
-    These fixed costs come before any training: importing torch takes ~2 s on the 2-core VM
-    and a CUDA context a second or more. Measured on 5,000 records (VM): ``dedup lsun``
-    14.9 s before, 12.5-13.9 s after; there the imports compete with the two decoding
-    processes for the two cores, so more cores hide them whole. Any failure here is
-    ignored: the same steps run again in the foreground, where an error is reported.
-    """
+    the extraction's worker processes decode and this process mostly waits on them: these
+    fixed costs come before any training. Any failure here is ignored: the same steps run
+    again in the foreground, where an error is reported."""
     import concurrent.futures.process  # noqa: F401  the extraction's modules are imported
     import multiprocessing.forkserver  # noqa: F401  first: no import races with the thread
 
@@ -254,36 +256,41 @@ def _warm_up_torch(device: str) -> threading.Thread:
 
 
 def dedup_lsun(source, out: str | Path, config: DedupConfig = DedupConfig(),
-               extract_config=None, progress: bool = True) -> dict[str, Any]:
-    """Extract an LSUN source once into ``out/extracted`` (cached, resumable), then dedup it."""
+               extract_config=None, *, overwrite: bool = False,
+               progress: bool = True) -> StageResult:
+    """Extract an LSUN source once into ``out/extracted`` (cached, resumable), then dedup it.
+
+    The whole run holds ``out``: the extraction is the tool's own nested dataset there.
+    """
     from pipeline.extract import ExtractConfig, extract
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / EXTRACTED_DIR).exists() \
-            and not (out / "COMPLETE").exists() and not config.overwrite:
-        raise UserError(f"output {out} is not empty and is not a dedup output; choose an "
-                        "empty or new --out, or pass --overwrite")
     if config.device not in ("auto", "cpu"):
-        # An explicit --device cuda is checked before decoding, not after hours of it (this
-        # imports torch in the foreground: the warm-up below then finds it loaded).
+        # An explicit cuda device is checked before decoding, not after hours of it.
         from pipeline.devices import resolve_device
 
         resolve_device(config.device)
-    extract_config = extract_config or ExtractConfig(overwrite=config.overwrite)
-    warm = _warm_up_torch(config.device)
-    cache = out / EXTRACTED_DIR
-    if extract_config.overwrite and is_dataset(cache):
-        # --overwrite replaces a different result; an extraction of this very source with
-        # these settings is still valid (and is the expensive part): keep it.
-        same = json.loads(json.dumps(extract_config.identity(source), default=str))
-        if Dataset(cache).config.get("config") == same:
-            extract_config = replace(extract_config, overwrite=False)
-    # Worker processes, not threads: the warm-up thread holds this process's GIL for
-    # seconds at a time (module imports), which would stall decoding threads.
-    ext = extract(source, cache, extract_config, progress=progress, threads=False)
-    warm.join()
-    stats = dedup(cache, out, config, progress, preserve=(EXTRACTED_DIR,))
-    return {**stats, "extract_seconds": ext.get("seconds"),
-            "extract_skipped": bool(ext.get("skipped"))}
+    extract_config = extract_config or ExtractConfig()
+    _check_trainable(len(source), config)  # before anything is decoded or written
+    inputs = [*source.paths, *([config.model] if config.model else [])]
+    with OutputDir(out, "dataset", inputs) as held:
+        cache = held.own(EXTRACTED_DIR + "/")
+        warm = _warm_up_torch(config.device)
+        # Worker processes, not threads: the warm-up thread holds this process's GIL for
+        # seconds at a time (module imports), which would stall decoding threads.
+        try:
+            ext = extract(source, cache, extract_config, progress=progress, threads=False)
+        except UserError as e:
+            # A different extraction is replaced only when asked (it is the expensive part).
+            if e.param != "overwrite" or not overwrite:
+                raise
+            ext = extract(source, cache, extract_config, overwrite=True, progress=progress,
+                          threads=False)
+        warm.join()
+        ds = Dataset(cache)
+        _check_size(ds, config)
+        with DatasetWriter(held, "dedup", config.identity(), _arrays(ds),
+                           lineage=[ds.identity()], overwrite=overwrite,
+                           keep=(HASH_DIR, EXTRACTED_DIR)) as writer:
+            result = writer.result if writer.done else _dedup(ds, writer, config, progress)
+    return replace(result, extra={**result.extra, "extract_seconds": ext.seconds,
+                                  "extract_skipped": ext.skipped})

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from demo.samples import OPENCV_DATA
 from pipeline.errors import UserError
 from pipeline.face_detectors import iou
-from pipeline.samples import OPENCV_DATA
 
 ROOTS = {"opencv-data": OPENCV_DATA,
          "opencv-html": Path("/usr/share/doc/opencv-doc/opencv4/html")}
-ANNOTATIONS = Path(__file__).resolve().parents[1] / "tests" / "data" / "faces" / "boxes.json"
+ANNOTATIONS = Path(__file__).resolve().parent / "data" / "faces" / "boxes.json"
 
 
 def photo_path(ref: str) -> Path | None:

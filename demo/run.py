@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.dataset import read_jsonl, write_json
+from demo.samples import OPENCV_DATA
+from pipeline.dataset import Dataset, write_json
+from pipeline.outputs import OutputDir
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,8 @@ def build_scene_db(path: Path, config: DemoConfig) -> dict[str, Any]:
     """
     import cv2
 
-    from pipeline.dedup.neardup import KINDS, all_photos, near_duplicate, tiles
-    from pipeline.samples import encode, lsun_key, write_lmdb
+    from demo.neardup import KINDS, all_photos, near_duplicate, tiles
+    from demo.samples import encode, lsun_key, write_lmdb
 
     rng = np.random.default_rng(config.seed)
     pool = [t for _, p in all_photos() for t in tiles(p, (1, 2, 3, 4), min_side=96)]
@@ -77,31 +79,38 @@ def build_scene_db(path: Path, config: DemoConfig) -> dict[str, Any]:
             "corrupt": 1}
 
 
+PACKAGE_FACE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+def face_photo_names() -> list[str]:
+    """The files of the face folder: package photos, and OpenCV's where installed."""
+    return [f"{n}.jpg" for n in PACKAGE_FACE_PHOTOS] + [
+        n for n in FACE_PHOTOS if (OPENCV_DATA / n).is_file()]
+
+
 def build_face_folder(path: Path) -> list[str]:
     """Photos with faces (astronaut, OpenCV's samples) and without (cat, coffee, rocket)."""
-    from pipeline.samples import OPENCV_DATA, encode, package_photos
+    from demo.samples import encode, package_photos
 
     path.mkdir(parents=True, exist_ok=True)
     photos = dict(package_photos())
-    names = []
-    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+    for name in PACKAGE_FACE_PHOTOS:
         (path / f"{name}.jpg").write_bytes(encode(photos[name], "jpeg", 92))
-        names.append(f"{name}.jpg")
     for name in FACE_PHOTOS:
         if (OPENCV_DATA / name).is_file():
             shutil.copy(OPENCV_DATA / name, path / name)
-            names.append(name)
-    return names
+    return face_photo_names()
 
 
 def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
              progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Run every stage into ``out``; returns the report (also written as report.json).
 
-    A rerun reuses every finished stage. ``overwrite`` redoes them all: it replaces the
-    demo's own subfolders of ``out`` (a rerun after an upgrade whose stages differ needs it).
+    ``out`` is the demo's own folder: a rerun reuses every stage whose settings and inputs
+    are unchanged and redoes the others; ``overwrite`` first deletes everything the demo
+    wrote there, so that all of it is made again.
     """
-    from dcgan.checkpoint import TrainConfig
+    from dcgan.checkpoint import TrainConfig, load_generator
     from dcgan.sampling import sample
     from dcgan.train import train
     from pipeline.dedup.stage import DedupConfig, dedup_lsun
@@ -110,83 +119,94 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
     from pipeline.lsun import LsunSource
     from pipeline.sources import FolderSource
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     times: dict[str, float] = {}
 
     def lap(name: str) -> None:
         times[name] = round(time.monotonic() - t0 - sum(times.values()), 1)
 
-    db = out / "lsun" / "demo_train_lmdb"
-    truth_path = out / "lsun" / "planted.json"
-    settings = {"scenes": config.scenes, "duplicates": config.duplicates, "seed": config.seed}
-    truth = json.loads(truth_path.read_text()) if truth_path.exists() else None
-    # planted.json is written last (a half-built database is rebuilt), with the settings
-    # that made the database (other settings make another one).
-    if overwrite or truth is None or truth.get("settings") != settings:
-        truth_path.unlink(missing_ok=True)
-        shutil.rmtree(db, ignore_errors=True)
-        truth = {**build_scene_db(db, config), "settings": settings}
-        write_json(truth_path, truth)
-    lap("build data")
+    with OutputDir(out, "demo") as od:
+        if overwrite:
+            od.clear()
+        out = od.root
+        db = out / "lsun" / "demo_train_lmdb"
+        truth_path = od.own("lsun/planted.json")
+        settings = {"scenes": config.scenes, "duplicates": config.duplicates,
+                    "seed": config.seed, "opencv_doc": OPENCV_DATA.is_dir()}
+        truth = _load(truth_path)
+        # planted.json is written last (a half-built database is rebuilt), with the settings
+        # that made the database (other settings make another one).
+        if truth is None or truth.get("settings") != settings:
+            truth_path.unlink(missing_ok=True)
+            for name in ("lsun/demo_train_lmdb/data.mdb", "lsun/demo_train_lmdb/lock.mdb"):
+                od.own(name).unlink(missing_ok=True)
+            truth = {**build_scene_db(db, config), "settings": settings}
+            write_json(truth_path, truth)
+        lap("build data")
 
-    scenes = out / "scenes"
-    dstats = dedup_lsun(LsunSource([db]), scenes,
-                        DedupConfig(device=config.device, seed=config.seed,
-                                    overwrite=overwrite),
-                        ExtractConfig(resolution=config.resolution, workers=config.workers,
-                                      overwrite=overwrite),
-                        progress=progress)
-    removed = read_jsonl(scenes / "duplicates.jsonl")
-    removed_keys = {r["key"] for r in removed}
-    planted = truth["planted"]
-    # A planted copy counts as found when it, or the original it copies, was removed.
-    found = sum(1 for k, v in planted.items() if k in removed_keys or v["of"] in removed_keys)
-    lap("dedup")
+        scenes = od.own("scenes/")
+        d = dedup_lsun(LsunSource([db]), scenes,
+                       DedupConfig(device=config.device, seed=config.seed),
+                       ExtractConfig(resolution=config.resolution, workers=config.workers),
+                       overwrite=True, progress=progress)
+        removed_keys = {r["key"] for r in Dataset(scenes).drops("duplicates")}
+        planted = truth["planted"]
+        # A planted copy counts as found when it, or the original it copies, was removed.
+        found = sum(1 for k, v in planted.items()
+                    if k in removed_keys or v["of"] in removed_keys)
+        lap("dedup")
 
-    photos = out / "photos"
-    build_face_folder(photos)
-    faces = out / "faces"
-    fstats = detect_faces(FolderSource(photos), faces,
-                          FacesConfig(min_size=40, workers=config.workers,
-                                      overwrite=overwrite), progress=progress)
-    lap("faces")
+        photos = od.own("photos/")
+        for name in face_photo_names():
+            od.own(f"photos/{name}")
+        build_face_folder(photos)
+        faces = od.own("faces/")
+        f = detect_faces(FolderSource(photos), faces,
+                         FacesConfig(min_size=40, workers=config.workers), overwrite=True,
+                         progress=progress)
+        lap("faces")
 
-    run = out / "run"
-    tconfig = TrainConfig(resolution=config.resolution, ngf=config.width, ndf=config.width,
-                          batch_size=config.batch_size, steps=config.steps, seed=config.seed,
-                          device=config.device, sample_every=max(1, config.steps // 4),
-                          log_every=max(1, config.steps // 40),
-                          checkpoint_every=config.steps)
-    if overwrite:
-        shutil.rmtree(run, ignore_errors=True)
-    resume = (run / "config.json").exists()
-    tresult = train(scenes, run, tconfig, resume=resume, progress=progress)
-    from dcgan.checkpoint import load_generator
+        run = od.own("run/")
+        tconfig = TrainConfig(resolution=config.resolution, ngf=config.width,
+                              ndf=config.width, batch_size=config.batch_size,
+                              steps=config.steps, seed=config.seed, device=config.device,
+                              sample_every=max(1, config.steps // 4),
+                              log_every=max(1, config.steps // 40),
+                              checkpoint_every=config.steps)
+        if not d.skipped:  # new training data: a new run
+            od.remove("run/")
+            shutil.rmtree(run, ignore_errors=True)
+        resume = (run / "config.json").exists()
+        t = train(scenes, run, tconfig, resume=resume, progress=progress)
+        G, gconfig = load_generator(run)
+        grid = sample(G, gconfig, od.own("samples.png"), n=64, seed=config.seed)["grid"]
+        lap("train")
 
-    G, gconfig = load_generator(run)
-    grid = sample(G, gconfig, out / "samples.png", n=64, seed=config.seed)["grid"]
-    lap("train")
-
-    report = {
-        "out": str(out),
-        "lsun": {"records": truth["records"], "planted_duplicates": len(planted),
-                 "corrupt_planted": truth["corrupt"], "path": str(db)},
-        "dedup": {"kept": dstats.get("kept"), "removed": len(removed),
-                  "planted_found": found, "dropped": dstats.get("dropped"),
-                  "review_sheet": str(scenes / "review.png"), "path": str(scenes)},
-        "faces": {"photos": fstats.get("read"), "faces_kept": fstats.get("kept"),
-                  "dropped": fstats.get("dropped"), "sheet": str(faces / "kept.png"),
-                  "path": str(faces)},
-        "train": {"steps": tresult.get("step"), "steps_run": tresult.get("steps_run"),
-                  "device": tresult.get("device"),
-                  "img_per_s": round(tresult.get("img_per_s", 0)), "samples": grid,
-                  "loss_curve": str(run / "loss.png"), "path": str(run)},
-        "seconds": times,
-    }
-    write_json(out / "report.json", report)
+        report = {
+            "out": str(out),
+            "lsun": {"records": truth["records"], "planted_duplicates": len(planted),
+                     "corrupt_planted": truth["corrupt"], "path": str(db),
+                     "opencv_doc": settings["opencv_doc"]},
+            "dedup": {"kept": d.kept, "removed": d.extra["removed"], "planted_found": found,
+                      "dropped": {**d.extra.get("carried", {}), **d.dropped},
+                      "review_sheet": str(scenes / "review.png"), "path": str(scenes)},
+            "faces": {"photos": f.read, "faces_kept": f.kept, "dropped": f.dropped,
+                      "sheet": str(faces / "kept.png"), "path": str(faces)},
+            "train": {"steps": t.get("step"), "steps_run": t.get("steps_run"),
+                      "device": t.get("device"),
+                      "img_per_s": round(t.get("img_per_s", 0)), "samples": grid,
+                      "loss_curve": str(run / "loss.png"), "path": str(run)},
+            "seconds": times,
+        }
+        write_json(od.own("report.json"), report)
     return report
+
+
+def _load(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -196,10 +216,14 @@ def format_report(r: dict[str, Any]) -> str:
     fdrops = ", ".join(f"{n} {k}" for k, n in (f["dropped"] or {}).items()) or "none"
     laps = ", ".join(f"{k} {v}s" for k, v in s.items())
     rate = f"{t['img_per_s']} img/s" if t.get("steps_run") else "already trained"
+    note = [] if r["lsun"].get("opencv_doc") else [
+        "   (Debian's opencv-doc is not installed: the demo used the package photos alone; "
+        "`apt-get install opencv-doc` adds ~30 photos, more scenes and faces)"]
     return "\n".join([
         f"Demo finished in {sum(s.values()):.0f}s ({laps}).",
         f"1. LSUN database: {r['lsun']['records']} records, {r['lsun']['planted_duplicates']} "
         f"planted near-duplicates, {r['lsun']['corrupt_planted']} corrupt -> {r['lsun']['path']}",
+        *note,
         f"2. dedup: kept {d['kept']}, removed {d['removed']} near-duplicates "
         f"({d['planted_found']} of the {r['lsun']['planted_duplicates']} planted), "
         f"dropped: {drops}.",
