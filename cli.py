@@ -690,12 +690,15 @@ def format_error(e: UserError) -> str:
 
 # Click's base error, whichever click typer uses (its own copy since typer 0.22).
 _ClickError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_ClickAbort = typer.Abort
 
 
 def main() -> None:
     """Entry point: run the app; errors become one line on stderr and a non-zero exit."""
     try:
         code = app(standalone_mode=False)
+    except _ClickAbort:  # Ctrl-C, as older typer versions report it
+        sys.exit(130)
     except _ClickError as e:  # bad option values, missing arguments
         ctx = getattr(e, "ctx", None)
         if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
@@ -708,9 +711,9 @@ def main() -> None:
     except UserError as e:
         typer.secho(f"Error: {format_error(e)}", err=True, fg=typer.colors.RED)
         sys.exit(2)
-    except KeyboardInterrupt as e:  # a stage's Interrupted says what was saved
-        message = getattr(e, "message", "") or "interrupted"
-        typer.secho(f"Interrupted: {message}.", err=True)
+    except KeyboardInterrupt as e:  # a stage's Interrupted has said what was saved
+        if not getattr(e, "message", ""):
+            typer.secho("Interrupted.", err=True)
         sys.exit(130)
     except OSError as e:  # disk full, permission denied, ...
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""

@@ -40,7 +40,7 @@ _CHECKPOINT_SECONDS = 5.0
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM) stopped a stage; ``message`` says what was saved."""
+    """Ctrl-C stopped a stage; ``message`` says what was saved (also logged as it stops)."""
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -159,9 +159,12 @@ class DatasetWriter:
             self._release()
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt) \
                 and not isinstance(exc, Interrupted) and self._committed:
-            raise Interrupted(
-                f"stopped after {self.position} items ({self._kept} kept); what was done is "
-                f"saved in {self.root}: run the same command again to resume") from None
+            done = self._committed
+            message = (f"stopped after {done['position']} items ({done['kept']} kept); what "
+                       f"was done is saved in {self.root}: run the same command again to "
+                       "resume")
+            log.warning("Interrupted: %s.", message)
+            raise Interrupted(message) from None
 
     def _open(self) -> None:
         root = self.root

@@ -27,7 +27,7 @@ from pipeline.dataset import Dataset, DatasetWriter, StageResult, atomic_write, 
 from pipeline.dedup.search import SearchConfig
 from pipeline.devices import DEVICES
 from pipeline.errors import UserError
-from pipeline.outputs import OutputDir
+from pipeline.outputs import OutputDir, check_separate
 from pipeline.progress import progress_bar
 from pipeline.stage import HOW, identity
 
@@ -145,8 +145,9 @@ def dedup(dataset: str | Path, out: str | Path, config: DedupConfig = DedupConfi
 
     A rerun with the same input and config does nothing; an interrupted run resumes.
     """
-    ds = Dataset(dataset)
     inputs = [dataset, *([config.model] if config.model else [])]
+    check_separate(out, inputs)
+    ds = Dataset(dataset)
     _check_size(ds, config)
     with DatasetWriter(out, "dedup", config.identity(), _arrays(ds), lineage=[ds.identity()],
                        inputs=inputs, overwrite=overwrite, keep=(HASH_DIR,)) as writer:
@@ -270,8 +271,9 @@ def dedup_lsun(source, out: str | Path, config: DedupConfig = DedupConfig(),
 
         resolve_device(config.device)
     extract_config = extract_config or ExtractConfig()
-    _check_trainable(len(source), config)  # before anything is decoded or written
     inputs = [*source.paths, *([config.model] if config.model else [])]
+    check_separate(out, inputs)
+    _check_trainable(len(source), config)  # before anything is decoded or written
     with OutputDir(out, "dataset", inputs) as held:
         cache = held.own(EXTRACTED_DIR + "/")
         warm = _warm_up_torch(config.device)
