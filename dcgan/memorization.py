@@ -102,7 +102,8 @@ def memorization(G, gconfig: Any, dataset: str | Path, out: str | Path,
     """Hash samples and training images; report collisions and nearest neighbours."""
     from dcgan.sampling import generate_images
     from pipeline.decode import THUMB, resize
-    from pipeline.dedup.hashing import hamming, hash_thumbs
+    from pipeline.dedup.autoencoder import hash_thumbs
+    from pipeline.dedup.hashing import hamming
 
     thumbs, images = training_thumbs(dataset)
     if len(thumbs) < 2:

@@ -18,7 +18,7 @@ _EXPORTS = {
     "Autoencoder": "autoencoder", "AutoencoderConfig": "autoencoder",
     "encode_thumbs": "autoencoder", "load_autoencoder": "autoencoder",
     "save_autoencoder": "autoencoder", "train_autoencoder": "autoencoder",
-    "hamming": "hashing", "hash_thumbs": "hashing",
+    "hamming": "hashing", "hash_thumbs": "autoencoder",
     "DuplicateResult": "search", "SearchConfig": "search", "find_duplicates": "search",
 }
 

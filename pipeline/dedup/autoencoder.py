@@ -32,6 +32,8 @@ from pipeline.dedup.hashing import (
     choose_key_groups,
     crop_views,
     key_tables,
+    keys_from_bits,
+    pack_codes,
 )
 from pipeline.devices import resolve_device
 from pipeline.errors import UserError
@@ -268,6 +270,15 @@ def encode_thumbs(model: Autoencoder, thumbs: np.ndarray) -> np.ndarray:
         x = standardize(torch.from_numpy(np.array(thumbs[s:s + ENCODE_BATCH])).to(dev))
         out[s:s + ENCODE_BATCH] = encode_standardized(model, x)
     return out
+
+
+def hash_thumbs(model: Autoencoder, thumbs: np.ndarray, acts: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Thumbnails -> (packed 128-bit codes (N, 16) uint8, 32-bit keys (N, 8) uint32).
+
+    ``acts``: their code activations when already computed (training encodes its data)."""
+    bits = binarize(encode_thumbs(model, thumbs) if acts is None else acts)
+    return pack_codes(bits), keys_from_bits(bits, model.key_units.cpu().numpy())
 
 
 @torch.no_grad()

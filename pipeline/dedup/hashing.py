@@ -126,14 +126,3 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     table on 2M pairs of 128-bit codes.
     """
     return np.bitwise_count(np.bitwise_xor(a, b)).sum(axis=-1, dtype=np.int32)
-
-
-def hash_thumbs(model, thumbs: np.ndarray, acts: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Thumbnails -> (packed 128-bit codes (N, 16) uint8, 32-bit keys (N, 8) uint32).
-
-    ``acts``: their code activations when already computed (training encodes its data)."""
-    from pipeline.dedup.autoencoder import encode_thumbs
-
-    bits = binarize(encode_thumbs(model, thumbs) if acts is None else acts)
-    return pack_codes(bits), keys_from_bits(bits, model.key_units.cpu().numpy())

@@ -75,11 +75,11 @@ def _hash(ds: Dataset, thumbs: np.ndarray, config: DedupConfig, writer: DatasetW
     from pipeline.dedup.autoencoder import (
         FORMAT_VERSION,
         AutoencoderConfig,
+        hash_thumbs,
         load_autoencoder,
         save_autoencoder,
         train_autoencoder,
     )
-    from pipeline.dedup.hashing import hash_thumbs
     from pipeline.devices import resolve_device
 
     ident = {k: v for k, v in config.identity().items() if k != "search"}
