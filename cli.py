@@ -16,10 +16,24 @@ from typing import Any
 os.environ.setdefault("TYPER_USE_RICH", "0")  # plain help and one-line errors; fast --help
 
 import typer  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
 
 from pipeline.errors import UserError  # noqa: E402
 
+# The order of --help: the curation stages in the order data flows, then training, the
+# paper's experiments, and the demo.
+ORDER = ("extract", "detect-faces", "dedup", "filter", "report", "train", "sample",
+         "interpolate", "arithmetic", "filters", "features", "fid", "memorization", "demo")
+
+
+class _InOrder(TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:
+        return sorted(super().list_commands(ctx),
+                      key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
+
+
 app = typer.Typer(
+    cls=_InOrder,
     help="Curate image collections (LSUN near-duplicate removal, face datasets) and train "
     "DCGANs on them (Radford, Metz & Chintala 2015).",
     no_args_is_help=True,
@@ -367,7 +381,7 @@ def _save_result(result: dict[str, Any], out: Path | None, name: str) -> None:
     write_json(path, result)
 
 
-@app.command("train", rich_help_panel="2. Train")
+@app.command("train", short_help="Train the paper's DCGAN on a dataset (GPU or CPU).")
 def train_cmd(
     data: Path = typer.Argument(..., help="A dataset directory, an image folder or an LSUN "
                                 "database (the last two are extracted first, cached)."),
@@ -447,7 +461,7 @@ def train_cmd(
                    f"Wrote {out}")
 
 
-@app.command("sample", rich_help_panel="3. The paper's experiments")
+@app.command("sample", short_help="Samples from a trained generator, as a grid.")
 def sample_cmd(
     run: Path = RunArg,
     out: Path = typer.Option(..., "--out", "-o", help="A .png grid, or a folder for single "
@@ -471,7 +485,7 @@ def sample_cmd(
         typer.echo(f"Wrote {n} samples: {result.get('folder', result['grid'])}")
 
 
-@app.command("interpolate", rich_help_panel="3. The paper's experiments")
+@app.command("interpolate", short_help="Walks between random z (paper Fig. 4): grid and GIF.")
 def interpolate_cmd(
     run: Path = RunArg,
     out: Path = typer.Option(..., "--out", "-o", help="The grid .png (a .gif goes beside it), "
@@ -500,7 +514,7 @@ def interpolate_cmd(
                    f"({r['frames']} frames, {'slerp' if r['spherical'] else 'linear'})")
 
 
-@app.command("arithmetic", rich_help_panel="3. The paper's experiments")
+@app.command("arithmetic", short_help="Vector arithmetic on mean z (paper Fig. 7).")
 def arithmetic_cmd(
     run: Path = RunArg,
     out: Path = typer.Option(..., "--out", "-o", help="Folder for candidates.png and "
@@ -529,7 +543,7 @@ def arithmetic_cmd(
             f" and {r['grid']}" if "grid" in r else "; pick --a/--b/--c ids from it"))
 
 
-@app.command("filters", rich_help_panel="3. The paper's experiments")
+@app.command("filters", short_help="What D's last-layer features respond to (paper Fig. 5).")
 def filters_cmd(
     run: Path = RunArg,
     out: Path = typer.Option(..., "--out", "-o", help="A .png sheet or a folder."),
@@ -566,7 +580,7 @@ def filters_cmd(
                    "of a random-weight D")
 
 
-@app.command("features", rich_help_panel="3. The paper's experiments")
+@app.command("features", short_help="D as a feature extractor: linear SVM accuracy (§5.1).")
 def features_cmd(
     run: Path = RunArg,
     data: str = typer.Option("fashion-mnist", "--data", help="'fashion-mnist' (Debian "
@@ -596,7 +610,7 @@ def features_cmd(
                        "discriminator", "random_discriminator", "pixels")))
 
 
-@app.command("fid", rich_help_panel="3. The paper's experiments")
+@app.command("fid", short_help="FID and KID of a generator against real images.")
 def fid_cmd(
     run: Path = RunArg,
     data: str = typer.Option(..., "--data", help="Real images: a dataset directory, an image "
@@ -631,7 +645,7 @@ def fid_cmd(
                    f"{len(evaluator.real)} real images, {r['seconds']}s)")
 
 
-@app.command("memorization", rich_help_panel="3. The paper's experiments")
+@app.command("memorization", short_help="Does the generator copy training images? (§6.1)")
 def memorization_cmd(
     run: Path = RunArg,
     data: Path = typer.Option(..., "--data", help="The training dataset directory."),
