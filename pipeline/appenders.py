@@ -127,8 +127,8 @@ class ArrayAppender:
     def copy_rows(self, src: np.ndarray, rows: np.ndarray) -> None:
         """Append rows ``rows`` (increasing) of ``src``: file to file in the kernel when
         ``src`` is a whole .npy memory map, a run of consecutive rows per call (the dedup
-        stage copies most of its input; through memory it took up to 3x longer), else
-        through memory."""
+        stage copies most of its input, and the kernel's copy skips a pass through user
+        memory: docs/dedup.md), else through memory."""
         rows = np.asarray(rows, np.int64)
         whole_map = isinstance(src, np.memmap) and isinstance(src.base, mmap.mmap)
         if not (whole_map and hasattr(os, "copy_file_range") and len(rows)

@@ -3,16 +3,15 @@
 A 3072-128-3072 denoising autoencoder: the input is corrupted with dropout and the clean input
 is reconstructed; the code layer is a ReLU whose active units (> 0) form a 128-bit semantic hash.
 
-Two deliberate changes from the paper, both measured on the near-duplicate benchmark's tuning
-half (``benchmarks/dedup_quality.py``):
+Two deliberate changes from the paper, both chosen on the near-duplicate benchmark's tuning
+half (``benchmarks/dedup_quality.py``; the numbers are in docs/dedup.md):
 
 - every thumbnail is standardized (its own mean removed, divided by its own standard
   deviation): brightness and contrast edits are affine in pixel values, so they vanish from
   the input instead of flipping code bits;
 - the thumbnail is blurred (Gaussian, sigma 1.5 px) inside the model before encoding, and the
-  dropout corruption is 0.5: crops and shifts of a few percent then move the code by a median
-  of 2 bits instead of 5.5 (90th percentile 9 instead of 16), at the same distinct-pair
-  spread.
+  dropout corruption is 0.5, so that crops and shifts of a few percent flip fewer code bits
+  while distinct images stay as far apart.
 """
 
 from __future__ import annotations
@@ -41,15 +40,14 @@ from pipeline.errors import UserError
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # bump when the saved layout or the input normalization changes
-# (2: two partitions of the code into 32-unit keys instead of one key)
 THUMB_SHAPE = (32, 32, 3)
-MIN_TRAIN = 32  # refuse fewer (measured: 40-image sets, 128 steps, all duplicates found)
+MIN_TRAIN = 32  # refuse fewer: too little to learn a code from (docs/dedup.md)
 
 
 @dataclass(frozen=True)
 class AutoencoderConfig:
     code_bits: int = 128  # code-layer units = bits of the full hash (paper: 128)
-    dropout: float = 0.5  # input corruption of the denoising autoencoder (measured: 0.5 > 0.2)
+    dropout: float = 0.5  # input corruption of the denoising autoencoder (docs/dedup.md)
     steps: int = 128  # optimizer steps, however many passes over the subset that takes
     epochs: int | None = None  # instead of ``steps``: passes over the training subset
     batch_size: int = 256  # thumbnails per optimizer step
@@ -81,10 +79,9 @@ def standardize(x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
     """(N, 32, 32, 3) uint8 -> (N, 3072) float32: blurred, zero mean and unit std per image.
 
     The blur is separable, so it is two matrix products per chunk (rows, then columns with
-    the colour channels interleaved): 3x faster on the CPU than padded depthwise
-    convolutions; written into one preallocated output (concatenating chunks at the end
-    cost ~15% more: 29-30 vs 22-26 us per image on the VM). The std is floored so that
-    flat images (a blank frame) stay near zero instead of amplifying encoder noise.
+    the colour channels interleaved), cheaper on the CPU than padded depthwise convolutions;
+    written into one preallocated output rather than concatenated chunks. The std is floored
+    so that flat images (a blank frame) stay near zero instead of amplifying encoder noise.
     """
     b = _blur_matrix(BLUR_SIGMA).to(x.device)
     cols = torch.kron(b.T.contiguous(), torch.eye(3, device=x.device))  # (96, 96)
@@ -103,8 +100,7 @@ def _dropout(p: float, device: str, rng: np.random.Generator):
     """The denoising corruption: dropout with rate ``p`` (kept values scaled by 1/(1-p)).
 
     On the CPU the mask comes from NumPy's random bytes (``p`` rounded to 1/256): torch's
-    CPU Bernoulli sampling took 15 ms per 256 x 3072 batch here, a third of the training
-    time; NumPy's random floats 4 ms, its random bytes 1 ms.
+    CPU Bernoulli sampling is slow enough to dominate training (docs/dedup.md).
     """
     if device != "cpu":
         return nn.Dropout(p)
@@ -146,11 +142,11 @@ class Autoencoder(nn.Module):
 def _adam(params: list[torch.Tensor], lr: float):
     """A function that takes one Adam step (default betas) on ``params`` from their grads.
 
-    torch's functional Adam with its fused kernel (2x faster than the per-tensor loop), not
-    ``torch.optim.Adam``: the optimizer class imports ``torch._dynamo`` at its first step
-    (for graph-break hooks this loop never needs), 1.3-1.9 s of CPU on the VM before the
-    first dedup step; the same kernel through the functional API imports nothing. Nothing
-    here is saved: the optimizer state lives only while the model trains.
+    torch's functional Adam with its fused kernel, not ``torch.optim.Adam``: the optimizer
+    class imports ``torch._dynamo`` at its first step (for graph-break hooks this loop never
+    needs), a cost paid before the first dedup step; the same kernel through the functional
+    API imports nothing (docs/dedup.md). Nothing here is saved: the optimizer state lives
+    only while the model trains.
     """
     from torch.optim.adam import adam
 
@@ -206,12 +202,8 @@ def train_autoencoder(thumbs: np.ndarray, config: AutoencoderConfig | None = Non
     adam_step = _adam(list(model.parameters()), config.lr)
     corrupt = _dropout(config.dropout, device, rng)
     steps_per_epoch = max(1, int(np.ceil(len(x) / config.batch_size)))
-    # A number of steps, not of passes. Measured on the quality benchmark's six draws of
-    # ~830 images: 8 passes (32 steps) left 4 false removals in four draws; 64, 96, 128,
-    # 160 and 200 steps left 1, 0, 1, 4 and 0 in six, mean recall 0.975-0.979 (128: 0.979).
-    # Over a 20,000-image subset, 8 passes (632 steps) gave recall 0.957-0.978 on three
-    # draws embedded in it, 158 steps 0.968-0.993 (precision 1.000 in both), in a quarter
-    # of the time.
+    # A number of steps, not of passes: a few passes undertrain a small set, and many over
+    # a large one cost time without gain (docs/dedup.md).
     total = config.epochs * steps_per_epoch if config.epochs else config.steps
     bar = tqdm(total=total, desc="autoencoder", unit="step", disable=not progress,
                dynamic_ncols=True)
@@ -242,8 +234,8 @@ def train_autoencoder(thumbs: np.ndarray, config: AutoencoderConfig | None = Non
     model.config["steps"] = step
     log.info("autoencoder: %d thumbnails, %d steps (%d passes), reconstruction loss %.4f (per "
              "value, standardized units)", len(idx), step, epoch, loss_value)
-    # Key groups: balanced, decorrelated and stable under crops of a few percent (measured
-    # on the training data: how often each unit flips between an image and a cropped view).
+    # Key groups: balanced, decorrelated and stable under crops of a few percent (each
+    # unit's flip rate between a training image and a cropped view of it).
     acts = encode_standardized(model, x)
     bits = binarize(acts)
     sample = idx[:5000]

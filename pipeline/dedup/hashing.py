@@ -49,8 +49,7 @@ def choose_key_groups(bits: np.ndarray, n: int = 32, flip_rate: np.ndarray | Non
     is how often unit j changes when an image is cropped by a few percent. Units that are
     (almost) never or always active carry no information and are taken only if needed. The
     first group picks its ``n`` units first; the others then pick in turns, so no group is
-    left with only the weak units (measured: picking one group after another left the last
-    key with 1,100-image buckets in 100k codes and 60x the candidate pairs of the first).
+    left with only the weak units (whose huge buckets would flood the search: docs/dedup.md).
     """
     bits = np.asarray(bits, dtype=np.float32)
     count = bits.shape[1] // n if groups is None else groups
@@ -82,8 +81,8 @@ def key_tables(groups: np.ndarray) -> np.ndarray:
     """(2G, n) unit indices: the G ``groups`` (a partition of the code), then a second
     partition whose key j takes every G-th unit of each group (its units come from all G
     groups). Pairs whose codes differ by 8-20 bits often have each key of one partition off
-    by two bits or more; the other partition gives them a second chance (measured on five
-    benchmark draws: recall +0.0 to +1.0 points at the same precision, for twice the sorts).
+    by two bits or more; the other partition gives them a second chance, for twice the sorts
+    (its gain in recall: docs/dedup.md).
     """
     groups = np.asarray(groups)
     g, n = groups.shape
@@ -108,8 +107,8 @@ def keys_from_bits(bits: np.ndarray, units: np.ndarray) -> np.ndarray:
     """(N, B) bool and (..., 32) unit indices -> (N, ...) uint32 bucket keys: one key for
     32 units, (N, K) for K groups of 32; bit j of a key is unit ``units[..., j]``.
 
-    Packed with ``np.packbits`` (little bit order, read as little-endian uint32): 0.23 s for
-    100,000 codes and eight keys, against 0.63 s for a weighted sum (VM).
+    Packed with ``np.packbits`` (little bit order, read as little-endian uint32), which is
+    cheaper than a weighted sum of the bits.
     """
     units = np.asarray(units)
     if units.shape[-1] != KEY_BITS:
@@ -122,7 +121,7 @@ def keys_from_bits(bits: np.ndarray, units: np.ndarray) -> np.ndarray:
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bitwise Hamming distance between rows of packed codes (broadcasting), as int32.
 
-    NumPy's ``bitwise_count`` (a popcount instruction): 2x faster than a 256-entry lookup
-    table on 2M pairs of 128-bit codes.
+    NumPy's ``bitwise_count`` (a popcount instruction), faster than a 256-entry lookup
+    table.
     """
     return np.bitwise_count(np.bitwise_xor(a, b)).sum(axis=-1, dtype=np.int32)

@@ -11,24 +11,15 @@
    found by sorting the values with bit b cleared, so each key costs 33 sorts; pairs are
    formed between neighbours in sort order within a ``window``, items being ordered by
    their full code inside a bucket, so a degenerate bucket (many blank frames) costs
-   ``window x size``, not ``size^2``. Measured on the quality benchmark's near-duplicate
-   sets (five draws, a model trained on each): one key probed at one bit plus the code
-   quarters at radius 7 (the first scheme) gave recall 0.940-0.974 after confirmation;
-   four balanced keys at radius 7, the same; at radius 12, 0.960-0.985 (no gain beyond 12;
-   probing the first key at two bits instead: 0.957-0.978); eight keys, +0.0 to +1.0 point.
-   faiss's ``IndexBinaryMultiHash`` (nflip=1) probes 32-bit code slices the same way but
-   scans whole buckets per query (quadratic when many codes are equal, e.g. blank frames);
-   the sort-based tables keep every bucket's cost bounded by the window.
+   ``window x size``, not ``size^2``, where faiss's ``IndexBinaryMultiHash`` scans whole
+   buckets per query. Why these keys, radius and tables: see docs/dedup.md.
 2. Confirmation, before anything is removed, on the thumbnails: (a) their low-frequency
    DCT signatures (``dct_signatures``, pHash's construction) differ in at most
    ``max_dct_distance`` of 64 bits, and (b) they correlate (``pixel_similarity``: band-passed,
    standardized 32 x 32 thumbnails, best over shifts of up to 2 px, ~6%) at least
-   ``min_similarity``; so a hash collision alone never removes an image. (b) alone let
-   look-alike distinct images through (neighbouring tiles of a blurry photo: correlation
-   0.93-0.99, precision 0.980-0.993 on five benchmark draws); their DCT signatures differ in
-   20-32 bits, an edited copy's in at most 18 on the tuning half: with (a), precision
-   0.996-1.000 and recall 0.967-0.985 (recall rises too: a false representative no longer
-   absorbs an image).
+   ``min_similarity``; so a hash collision alone never removes an image. (a) is there
+   because (b) alone lets look-alike distinct images through (neighbouring tiles of a blurry
+   photo correlate highly, but their low frequencies disagree); see docs/dedup.md.
 3. Grouping around representatives: in id order, an item not yet removed is kept and removes
    its confirmed neighbours that are not yet removed. A removed item never removes others, so
    dissimilar images cannot be chained together through transitive matches.
@@ -48,7 +39,7 @@ class SearchConfig:
     max_distance: int = 12  # candidate pairs differ in at most this many of the 128 code bits
     min_similarity: float = 0.90  # thumbnail correlation (best small shift) to confirm
     max_dct_distance: int = 20  # confirmed pairs' low-frequency DCT signatures (64 bits) differ
-    # in at most this many bits (tuning half: edits <= 18, look-alike distinct tiles >= 26)
+    # in at most this many bits (between edited copies and look-alike tiles: docs/dedup.md)
     max_shift: int = 2  # shifts tried by the pixel check, in 32 x 32 pixels (2 = ~6%)
     window: int = 16  # pairs formed within this distance in a bucket's sort order
     flips: int = 1  # key bits that may differ in a candidate pair (2: 529 sorts per key)
@@ -88,9 +79,9 @@ def _window_pairs(ranked: np.ndarray, rank: np.ndarray, window: int, heads: int 
     a bucket of any size (a set of identical frames becomes one group, not groups of
     ``window``). ``differ`` (in ``rank`` order too): keep only pairs whose ``differ`` values
     differ (a probe with a bit cleared then returns only the pairs that differ in that bit,
-    not again every pair of equal keys: 4x less work for ``_unique_pairs`` on 1M codes).
+    not again every pair of equal keys, which the unmasked probe already found).
     """
-    # One sort of (value, position in rank) packed in 64 bits: 3x faster than an argsort.
+    # One sort of (value, position in rank) packed in 64 bits, cheaper than an argsort.
     packed = (ranked.astype(np.uint64) << np.uint64(32)) | np.arange(
         len(rank), dtype=np.uint64)
     packed.sort()
@@ -133,10 +124,8 @@ def _flip_masks(flips: int, bits: int = 32) -> list[int]:
 def _table_pairs(values: np.ndarray, rank: np.ndarray, window: int, flips: int = 1,
                  keep=None) -> np.ndarray:
     """Pairs whose 32-bit ``values`` differ in at most ``flips`` bits (1 + 32 sorts for one
-    flip, 1 + 32 + 496 for two; 15 ms per sort of 1M values here), filtered by ``keep``
-    (pairs -> pairs) one probe at a time: a weak key of 1M synthetic codes gives 7-10M pairs
-    before the code-distance filter; filtered at the end, their temporaries (~300 MB) cost
-    page faults: candidates on 1M codes 20.1-23.0 s that way, 14.1-16.4 s per probe."""
+    flip, 1 + 32 + 496 for two), filtered by ``keep`` (pairs -> pairs) one probe at a time,
+    so that a weak key's many unfiltered pairs never pile up in memory (docs/dedup.md)."""
     ranked = np.asarray(values, np.uint32)[rank]
     keep = keep or (lambda p: p)
     return np.concatenate([keep(_window_pairs(ranked & np.uint32(m), rank, window,
@@ -149,8 +138,8 @@ def _unique_pairs(p: np.ndarray, n: int) -> np.ndarray:
         return np.zeros((0, 2), np.int64)
     p = p.astype(np.int64)
     u = np.sort(np.minimum(p[:, 0], p[:, 1]) * n + np.maximum(p[:, 0], p[:, 1]))
-    # A sort and a mask, not np.unique: NumPy 2.4's np.unique took 1.1 s on 1.1M pairs
-    # (its hash-based path), the sort 0.02 s.
+    # A sort and a mask, not np.unique: its hash-based path is far slower on integer keys
+    # (docs/dedup.md).
     u = u[np.r_[True, u[1:] != u[:-1]]]
     return np.stack([u // n, u % n], axis=1)
 
@@ -189,11 +178,8 @@ def _prepare(thumbs: np.ndarray) -> np.ndarray:
     Fine: a 5-tap binomial (~Gaussian sigma 1). Coarse: ~Gaussian sigma 6, computed at 8 x 8
     (area downsampling, sigma-1.5 blur, linear upsampling: cheap). The low cut removes the
     smooth lighting gradient that makes unrelated textures (two patches of the same wall)
-    correlate; measured on the tuning half it cut the distinct candidate pairs passing the
-    check from 114 to 16 while keeping 99.5% of near-duplicates. OpenCV filters 42 images at
-    once as one 126-channel image (3x faster than the same filters in NumPy; OpenCV 5 takes at
-    most 128 channels, and 42 images a call ran faster than 170 on 4.x too: 0.59 vs 0.72 s for
-    20,000).
+    correlate. OpenCV filters 42 images at once as one 126-channel image, as many as fit in
+    OpenCV 5's limit of 128 channels (docs/dedup.md).
     """
     import cv2
 
@@ -208,8 +194,8 @@ def _prepare(thumbs: np.ndarray) -> np.ndarray:
         low = cv2.GaussianBlur(low, (0, 0), 1.5, borderType=cv2.BORDER_REFLECT)
         low = cv2.resize(low, (32, 32), interpolation=cv2.INTER_LINEAR)
         out[s:s + k] = (fine - low).reshape(32, 32, k, 3).transpose(2, 0, 1, 3)
-    # Per-image mean and std over flat rows: NumPy's reductions over axes (1, 2, 3) took
-    # 30-60 us per image, half of this function; these take ~5.
+    # Per-image mean and std over flat rows: NumPy's reductions over axes (1, 2, 3) are
+    # much slower.
     flat = out.reshape(len(out), -1)
     flat -= flat.mean(axis=1, keepdims=True)
     std = np.sqrt(np.einsum("ij,ij->i", flat, flat) / max(1, flat.shape[1]))
@@ -225,17 +211,15 @@ def _similarity(x: np.ndarray, y: np.ndarray, max_shift: int,
     The correlation is OpenCV's ``TM_CCORR_NORMED`` of the centre of ``y`` (the template,
     ``max_shift`` px in from each side) against ``x``, and of ``x``'s centre against ``y``
     when the first direction falls short: symmetric, so a pair scores the same whichever
-    item has the lower id. A crop shifts and zooms, which one direction's window can miss:
-    on the benchmark's six draws both directions raised mean recall 0.979 -> 0.981 (crops
-    0.915 -> 0.923) with the same removals of distinct images. With ``pairs`` (M, 2), the
-    pairs are ``x[pairs[:, 0]]`` and ``y[pairs[:, 1]]`` (no per-pair copies); else ``x[i]``
-    and ``y[i]``. ``decided = (low, high)``: pairs whose unshifted correlation is below ``low``
-    or at least ``high`` are not searched further (their value is the unshifted one). On the
-    tuning half every near-duplicate pair that passes scores >= 0.61 unshifted, and 61-73%
-    of the distinct candidate pairs score below 0.5, so ``(0.5, threshold)`` changes no
-    decision. The unshifted correlation is one vectorized dot product per pair (in blocks of
-    ``block`` pairs: small temporaries); the shift search (5 x 5 shifts) is one or two
-    ``cv2.matchTemplate`` calls per undecided pair, 15x faster than shifting arrays in NumPy.
+    item has the lower id. A crop shifts and zooms, which one direction's window can miss.
+    With ``pairs`` (M, 2), the pairs are ``x[pairs[:, 0]]`` and ``y[pairs[:, 1]]`` (no
+    per-pair copies); else ``x[i]`` and ``y[i]``. ``decided = (low, high)``: pairs whose
+    unshifted correlation is below ``low`` or at least ``high`` are not searched further
+    (their value is the unshifted one): near-duplicates score well above 0.5 unshifted and
+    most distinct pairs below it, so ``(0.5, threshold)`` spares most pairs the shift search
+    and changes no decision (docs/dedup.md). The unshifted correlation is one vectorized dot
+    product per pair (in blocks of ``block`` pairs: small temporaries); the shift search
+    (5 x 5 shifts) is one or two ``cv2.matchTemplate`` calls per undecided pair.
     """
     import cv2
 
@@ -294,10 +278,8 @@ def pixel_similarity(a: np.ndarray, b: np.ndarray, max_shift: int = 2) -> np.nda
 
     Invariant to brightness and contrast (standardization), tolerant to re-encoding noise,
     rescaling and crops of a few percent (blur and shift search), and to a small watermark
-    (it moves the correlation of a 1024-pixel image only a little). Measured on the tuning
-    half: crops of up to 5% per side score >= 0.92, other edits >= 0.96 (except brightness
-    changes that clip the image to black or white), while 99.99% of distinct pairs score
-    below 0.95 (the rest are near-featureless tiles: sky, blank walls).
+    (it moves the correlation of a 1024-pixel image only a little). Near-featureless distinct
+    images (sky, blank walls) can still score high; scores on the benchmark: docs/dedup.md.
     """
     return _similarity(_prepare(a), _prepare(b), max_shift)
 
@@ -320,8 +302,8 @@ def dct_signatures(thumbs: np.ndarray) -> np.ndarray:
     that merely look alike (neighbouring tiles of a blurry photo) do not.
 
     Only the 8 x 8 block is needed: two matrix products with the DCT's first 8 rows, over
-    the whole batch, give ``cv2.dct(g)[:8, :8]`` (to float rounding; the same signatures on
-    20,000 thumbnails) 5x faster than a ``cv2.dct`` call per image (3-5 us vs 15-30 us).
+    the whole batch, give ``cv2.dct(g)[:8, :8]`` (to float rounding) without a ``cv2.dct``
+    call per image.
     """
     import cv2
 
@@ -404,9 +386,8 @@ def confirm_and_group(n: int, pairs: np.ndarray, codes: np.ndarray, thumbs,
     already removed (it is no representative) or whose second item was already claimed
     cannot change the grouping, so it is never pixel-checked. Same result as confirming
     everything first; much less work on collections with large duplicate groups. Blocks
-    count pairs, not representatives: blocks of 4,096 representatives confirmed 73,000
-    pairs on 20,000 heavily duplicated records (5.9 s), blocks of 8,192 pairs 15,000
-    (2.0 s), for the same groups; on 1M sparse codes 5.4 s -> 4.7 s.
+    count pairs, not representatives, so a block stays small enough for earlier claims to
+    skip later pairs (docs/dedup.md).
     """
     dup_of = np.full(n, -1, np.int64)
     dist = np.full(n, -1, np.int32)
