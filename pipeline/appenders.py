@@ -100,25 +100,27 @@ class ArrayAppender:
 
     skip = NPY_HEADER
 
-    def __init__(self, path: Path, row_shape: tuple[int, ...], rows: int = 0, crc: int = 0):
+    def __init__(self, path: Path, row_shape: tuple[int, ...], rows: int = 0, crc: int = 0,
+                 dtype: np.dtype | type = np.uint8):
         self.path, self.row_shape, self.rows, self.crc = path, tuple(row_shape), rows, crc
-        self.row_bytes = int(np.prod(row_shape))
+        self.dtype = np.dtype(dtype)
+        self.row_bytes = int(np.prod(row_shape)) * self.dtype.itemsize
         self.f = open(path, "r+b" if rows else "wb")
         if rows:
             self.f.truncate(NPY_HEADER + rows * self.row_bytes)
             self.f.seek(0, os.SEEK_END)
         else:
-            self.f.write(npy_header((0, *self.row_shape)))
+            self.f.write(npy_header((0, *self.row_shape), self.dtype))
 
     @property
     def size(self) -> int:
         return NPY_HEADER + self.rows * self.row_bytes
 
     def extend(self, rows: np.ndarray) -> None:
-        """Append ``rows`` (M, *row_shape) uint8 in one write."""
-        if rows.shape[1:] != self.row_shape or rows.dtype != np.uint8:
-            raise ValueError(f"{self.path.name}: expected uint8 rows of {self.row_shape}, got "
-                             f"{rows.dtype} {rows.shape[1:]}")
+        """Append ``rows`` (M, *row_shape) of the file's dtype in one write."""
+        if rows.shape[1:] != self.row_shape or rows.dtype != self.dtype:
+            raise ValueError(f"{self.path.name}: expected {self.dtype} rows of "
+                             f"{self.row_shape}, got {rows.dtype} {rows.shape[1:]}")
         data = np.ascontiguousarray(rows).data
         self.f.write(data)
         self.crc = zlib.crc32(data, self.crc)
@@ -132,7 +134,7 @@ class ArrayAppender:
         rows = np.asarray(rows, np.int64)
         whole_map = isinstance(src, np.memmap) and isinstance(src.base, mmap.mmap)
         if not (whole_map and hasattr(os, "copy_file_range") and len(rows)
-                and tuple(src.shape[1:]) == self.row_shape and src.dtype == np.uint8):
+                and tuple(src.shape[1:]) == self.row_shape and src.dtype == self.dtype):
             self.extend(np.asarray(src[rows]))
             return
         self.f.flush()
@@ -156,6 +158,6 @@ class ArrayAppender:
     def close(self) -> None:
         """Write the header with the final row count and close."""
         self.f.seek(0)
-        self.f.write(npy_header((self.rows, *self.row_shape)))
+        self.f.write(npy_header((self.rows, *self.row_shape), self.dtype))
         self.sync()
         self.f.close()

@@ -118,7 +118,7 @@ class DatasetWriter:
         self.stage = stage
         self.identity = _jsonable({"stage": stage, "config": config,
                                    "inputs": list(lineage)})
-        self.arrays_spec = {k: tuple(v) for k, v in arrays.items()}
+        self.arrays_spec = {k: _array_spec(v) for k, v in arrays.items()}
         self.overwrite, self.keep = overwrite, tuple(keep)
         self.done = False
         self.result: StageResult | None = None
@@ -203,7 +203,8 @@ class DatasetWriter:
         for name in (PROGRESS, MARKER, STATS, CONFIG):
             self.out.own(name)
         self._parts = {MANIFEST: TextAppender(self._own_partial(MANIFEST))}
-        self._parts.update({f"{n}.npy": ArrayAppender(self._own_partial(f"{n}.npy"), s)
+        self._parts.update({f"{n}.npy": ArrayAppender(self._own_partial(f"{n}.npy"), *s[:1],
+                                                      dtype=s[1])
                             for n, s in self.arrays_spec.items()})
         self._commit()
         # At once, so a run stopped before its first timed checkpoint resumes.
@@ -234,8 +235,9 @@ class DatasetWriter:
         for name, rec in parts.items():
             path = self._partial(name)
             if name.endswith(".npy"):
-                self._parts[name] = ArrayAppender(path, self.arrays_spec[name[:-4]],
-                                                  rows=self._kept, crc=rec["crc"])
+                shape, dtype = self.arrays_spec[name[:-4]]
+                self._parts[name] = ArrayAppender(path, shape, rows=self._kept, crc=rec["crc"],
+                                                  dtype=dtype)
             else:
                 self._parts[name] = TextAppender(path, rec["size"], rec["crc"])
                 if name != MANIFEST:
@@ -349,7 +351,8 @@ class DatasetWriter:
                  "dropped": dict(sorted(self._dropped.items())), "seconds": self._seconds(),
                  **({"carried": dict(sorted(self._carried.items()))} if self._carried else {}),
                  **_jsonable(extra), "files": files, "drop_files": sorted(self._drops),
-                 "arrays": {n: list(s) for n, s in self.arrays_spec.items()}}
+                 "arrays": {n: {"shape": list(shape), "dtype": dtype.name}
+                            for n, (shape, dtype) in self.arrays_spec.items()}}
         parts = dict(files)
         for name, obj in ((STATS, stats), (CONFIG, {**self.identity, "version": __version__})):
             part = TextAppender(self._own_partial(name))
@@ -392,6 +395,13 @@ class DatasetWriter:
             with contextlib.suppress(Exception):
                 p.f.close()
         self._parts = {}
+
+
+def _array_spec(spec: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """``(64, 64, 3)`` (uint8 pixels) or ``((12,), "float32")`` -> (row shape, dtype)."""
+    if len(spec) == 2 and isinstance(spec[0], (tuple, list)):
+        return tuple(spec[0]), np.dtype(spec[1])
+    return tuple(spec), np.dtype(np.uint8)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -462,7 +472,8 @@ class Dataset:
         return sorted(names)
 
     def array(self, name: str) -> np.ndarray:
-        """A pixel array (N x H x W x C uint8), memory-mapped, checked against its size."""
+        """An array of the dataset (pixels: N x H x W x C uint8), memory-mapped, checked
+        against its size."""
         if name not in self._arrays:
             if name not in self.array_names:
                 raise UserError(f"dataset {self.root} has no '{name}' array")

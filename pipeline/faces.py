@@ -251,7 +251,7 @@ class Sheets:
     def save(self, writer: DatasetWriter) -> None:
         from pipeline.sheets import save_sheet
 
-        cell = max(64, writer.arrays_spec["images"][0])
+        cell = max(64, writer.arrays_spec["images"][0][0])
         if self.kept:
             save_sheet(self.kept, writer.path("kept.png"), cell=cell)
         if self.rejected:

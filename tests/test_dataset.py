@@ -108,7 +108,7 @@ def test_refuses_foreign_folder_and_unfinished_read(tmp_path):
 
 def test_wrong_shape_is_rejected(tmp_path):
     with DatasetWriter(tmp_path, "test", {}, ARRAYS) as w, \
-            pytest.raises(ValueError, match="expected uint8"):
+            pytest.raises(ValueError, match="expected uint8 rows"):
         w.add("k", {"images": np.zeros((4, 4, 3), np.uint8)})
 
 

@@ -180,7 +180,7 @@ def train_autoencoder(thumbs: np.ndarray, config: AutoencoderConfig | None = Non
     activations of every thumbnail, exactly what ``encode_thumbs`` gives, when it trained on
     all of them (the key choice encodes them anyway), else None.
     """
-    from tqdm import tqdm
+    from pipeline.progress import progress_bar
 
     config = config or AutoencoderConfig()
     _check_thumbs(thumbs)
@@ -205,8 +205,7 @@ def train_autoencoder(thumbs: np.ndarray, config: AutoencoderConfig | None = Non
     # A number of steps, not of passes: a few passes undertrain a small set, and many over
     # a large one cost time without gain (docs/dedup.md).
     total = config.epochs * steps_per_epoch if config.epochs else config.steps
-    bar = tqdm(total=total, desc="autoencoder", unit="step", disable=not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total, "autoencoder", "step", progress)
     loss_value = float("nan")
     model.train()
     step = epoch = 0
