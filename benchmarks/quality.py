@@ -28,8 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.decode import DecodeError, decode, image_size  # noqa: E402
 from pipeline.planted import ISSUE_KINDS, Item, make_set  # noqa: E402
-from pipeline.quality import (ISSUES, QualityConfig, drop_reason, flag_issues,  # noqa: E402
-                              measure, to_columns)
+from pipeline.quality import (  # noqa: E402
+    ISSUES,
+    QualityConfig,
+    drop_reason,
+    flag_issues,
+    laplacian_variance,
+    measure,
+    to_columns,
+)
 
 # Textbook fixed limits on the same measures: mean luma for exposure, variance of the
 # Laplacian < 100 for blur (the usual OpenCV recipe), histogram entropy for information.
@@ -52,8 +59,10 @@ def measure_items(items: list[Item]) -> tuple[list[dict | None], float]:
             continue
         w, h = image_size(it.data)
         t = time.perf_counter()
-        rows.append(measure(img, w, h))
+        row = measure(img, w, h)
         spent += time.perf_counter() - t
+        row["lap_var"] = laplacian_variance(img)  # for the naive baseline
+        rows.append(row)
     return rows, spent
 
 

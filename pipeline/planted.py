@@ -170,7 +170,6 @@ def plant(issue: str, img: np.ndarray, rng: np.random.Generator) -> tuple[np.nda
 def make_set(half: int, seed: int = 0, n_clean: int = 400, n_issue: int = 60,
              n_corrupt: int = 3) -> list[Item]:
     """The planted set of one half of the photos (clean, each issue, corrupt), in random order."""
-    import cv2
 
     rng = np.random.default_rng([seed, half])
     photos = photo_halves()[half]
