@@ -18,7 +18,9 @@ import numpy as np
 WORK_SIDE = 128  # short side the pixel measures are taken at (blur is judged at this scale)
 CLIP = 250  # a channel value at or above this is blown out
 
-ISSUES = ("small", "odd_aspect", "dark", "bright", "low_information", "grayscale", "blurry")
+# In order of precedence: the first issue an image has is its drop reason. A black frame is
+# `dark`, a flat frame of any other level `low_information` (even when a channel is clipped).
+ISSUES = ("small", "odd_aspect", "dark", "low_information", "bright", "grayscale", "blurry")
 # What each measure means (all pixel measures on 0..1 scales, at the working scale).
 MEASURES = {
     "width": "source width in pixels",
