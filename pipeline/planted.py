@@ -61,7 +61,8 @@ def photo_halves() -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, np.nda
         halves[half].extend((n, photos[n]) for n in sorted(names) if n in photos)
     for half, names in enumerate(_OPENCV_HALVES):
         for name in names:
-            img = cv2.imread(str(OPENCV_DATA / name), cv2.IMREAD_COLOR)
+            path = OPENCV_DATA / name
+            img = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
             if img is not None:
                 halves[half].append((name, np.ascontiguousarray(img[..., ::-1])))
     return halves
