@@ -55,7 +55,7 @@ class QualityConfig:
     gray_chroma: float = 4 / 255  # chroma_p99 at or below this is `grayscale` (R=G=B)
     dark_p99: float = 0.40  # `dark`: the brightest 1% of pixels are below this luma...
     dark_mean: float = 0.20  # ...and the mean luma is below this (a dim grey frame is not dark)
-    bright_clip: float = 0.25  # `bright`: at least this share of pixels blown out
+    bright_clip: float = 0.25  # `bright`: more than this share of pixels blown out
     low_detail: float = 0.02  # `low_information`: coarse luma spread below this
     max_blur: float = 0.40  # `blurry`: even the sharpest tile's blur score is above this
     relative_z: float = 2.0  # rules also need a robust z-score past this in the collection; 0: off
