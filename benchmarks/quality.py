@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from demo.planted import ISSUE_KINDS, Item, make_set  # noqa: E402
 from pipeline.decode import DecodeError, decode, image_size  # noqa: E402
-from pipeline.planted import ISSUE_KINDS, Item, make_set  # noqa: E402
 from pipeline.quality import (  # noqa: E402
     ISSUES,
     QualityConfig,

@@ -18,9 +18,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from demo.samples import encode, package_photos, random_view  # noqa: E402
 from pipeline.decode import MAX_PIXELS, THUMB, _decode_bgr, center_crop, prepare  # noqa: E402
 from pipeline.quality import WORK_SIDE, measure  # noqa: E402
-from pipeline.samples import encode, package_photos, random_view  # noqa: E402
 
 
 def per_record(fn, items, rounds: int) -> float:

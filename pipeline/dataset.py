@@ -63,7 +63,7 @@ class StageResult:
     @classmethod
     def from_stats(cls, path: Path, stats: dict[str, Any], skipped: bool) -> StageResult:
         known = {"stage", "read", "kept", "dropped", "seconds", "files", "drop_files",
-                 "arrays"}
+                 "arrays", "columns"}
         return cls(Path(path), stats.get("stage", "?"), int(stats.get("read", 0)),
                    int(stats.get("kept", 0)), dict(stats.get("dropped", {})),
                    float(stats.get("seconds", 0.0)), skipped,
@@ -100,7 +100,9 @@ class DatasetWriter:
     and inputs had already finished (``result`` holds its counts); ``position`` is the number
     of source items an interrupted run already consumed (skip them).
 
-    ``arrays`` maps each pixel array's name to its row shape; ``lineage`` is the identity of
+    ``arrays`` maps each array's name to its row shape (uint8 pixels) or to ``(row shape,
+    dtype)``, and ``columns`` names the columns of a 2-D one (a table of per-item measures,
+    ``Dataset.table``); ``lineage`` is the identity of
     each input (``Dataset.identity()``, a source's ``describe()``), part of the output's
     identity; ``inputs`` are paths the output must stay apart from; ``keep`` names entries
     (caches the stage manages itself) that starting again does not delete.
@@ -109,7 +111,7 @@ class DatasetWriter:
     def __init__(self, root: str | Path | OutputDir, stage: str, config: dict[str, Any],
                  arrays: dict[str, tuple[int, ...]], *, lineage: list[dict] = (),
                  inputs: list[str | Path] = (), overwrite: bool = False,
-                 keep: tuple[str, ...] = ()):
+                 keep: tuple[str, ...] = (), columns: dict[str, list[str]] | None = None):
         # An OutputDir already held (``dedup lsun`` holds its output for the whole run) is
         # used as it is; a path is opened (locked) here and released at the end.
         self._held = isinstance(root, OutputDir)
@@ -119,6 +121,7 @@ class DatasetWriter:
         self.identity = _jsonable({"stage": stage, "config": config,
                                    "inputs": list(lineage)})
         self.arrays_spec = {k: _array_spec(v) for k, v in arrays.items()}
+        self.columns = dict(columns or {})  # names of a 2-D array's columns (a table)
         self.overwrite, self.keep = overwrite, tuple(keep)
         self.done = False
         self.result: StageResult | None = None
@@ -352,7 +355,8 @@ class DatasetWriter:
                  **({"carried": dict(sorted(self._carried.items()))} if self._carried else {}),
                  **_jsonable(extra), "files": files, "drop_files": sorted(self._drops),
                  "arrays": {n: {"shape": list(shape), "dtype": dtype.name}
-                            for n, (shape, dtype) in self.arrays_spec.items()}}
+                            for n, (shape, dtype) in self.arrays_spec.items()},
+                 "columns": self.columns}
         parts = dict(files)
         for name, obj in ((STATS, stats), (CONFIG, {**self.identity, "version": __version__})):
             part = TextAppender(self._own_partial(name))
@@ -498,6 +502,17 @@ class Dataset:
     @property
     def images(self) -> np.ndarray:
         return self.array("images")
+
+    def table(self, name: str) -> dict[str, np.ndarray]:
+        """A 2-D array as named columns (``{"lum_mean": (N,), ...}``), memory-mapped."""
+        names = self.stats.get("columns", {}).get(name)
+        if names is None:
+            raise UserError(f"dataset {self.root} has no '{name}' table")
+        data = self.array(name)
+        return {c: data[:, j] for j, c in enumerate(names)}
+
+    def has_table(self, name: str) -> bool:
+        return name in self.stats.get("columns", {})
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, dict]:
         return self.images[i], self.manifest[i]

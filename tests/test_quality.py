@@ -8,8 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
+from demo.planted import _view, plant
+from demo.samples import encode, package_photos
 from pipeline.decode import decode, image_size
-from pipeline.planted import _view, plant
 from pipeline.quality import (
     ISSUES,
     MEASURES,
@@ -20,7 +21,6 @@ from pipeline.quality import (
     thresholds,
     to_columns,
 )
-from pipeline.samples import encode, package_photos
 
 PHOTOS = {n: p for n, p in package_photos() if n != "colorwheel"}  # a drawing, not a photo
 

@@ -150,7 +150,8 @@ def dedup(dataset: str | Path, out: str | Path, config: DedupConfig = DedupConfi
     ds = Dataset(dataset)
     _check_size(ds, config)
     with DatasetWriter(out, "dedup", config.identity(), _arrays(ds), lineage=[ds.identity()],
-                       inputs=inputs, overwrite=overwrite, keep=(HASH_DIR,)) as writer:
+                       inputs=inputs, overwrite=overwrite, keep=(HASH_DIR,),
+                       columns=ds.stats.get("columns")) as writer:
         return writer.result if writer.done else _dedup(ds, writer, config, progress)
 
 
@@ -292,7 +293,8 @@ def dedup_lsun(source, out: str | Path, config: DedupConfig = DedupConfig(),
         _check_size(ds, config)
         with DatasetWriter(held, "dedup", config.identity(), _arrays(ds),
                            lineage=[ds.identity()], overwrite=overwrite,
-                           keep=(HASH_DIR, EXTRACTED_DIR)) as writer:
+                           keep=(HASH_DIR, EXTRACTED_DIR),
+                           columns=ds.stats.get("columns")) as writer:
             result = writer.result if writer.done else _dedup(ds, writer, config, progress)
     return replace(result, extra={**result.extra, "extract_seconds": ext.seconds,
                                   "extract_skipped": ext.skipped})

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.samples import OPENCV_DATA, package_photos
+from demo.samples import OPENCV_DATA, package_photos
 
 ISSUE_KINDS = ("dark", "bright", "blurry", "low_information", "grayscale", "small",
                "odd_aspect")
