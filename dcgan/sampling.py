@@ -193,8 +193,9 @@ def arithmetic(G, config: Any, out: str | Path, a: str | None = None, b: str | N
     outs.ready()
     cand_png = save_sheet(candidates, cand_path, captions=[str(i) for i in range(n)],
                           cell=_cell(candidates, ["0"]),
-                          title=f"Arithmetic candidates 0..{n - 1} (seed {seed}): pick the "
-                          "ids of a, b and c from these; a - b + c is then drawn.")
+                          title=f"Arithmetic candidates 0..{n - 1} (seed {seed}): pick ids "
+                          "for a, b and c from these (e.g. --a 3,5 --b 7 --c 12, same seed); "
+                          "G(mean a - mean b + mean c) is then drawn.")
     result: dict[str, Any] = {"candidates": str(cand_png), "n": n}
     if not groups:
         return result

@@ -461,6 +461,23 @@ def test_memorization_catches_a_copying_generator(run, data600, tmp_path):
     assert json.loads((tmp_path / "memorization.json").read_text())["verdict"] == v
 
 
+@pytest.mark.parametrize("distinct", [None, 20])  # random codes; only 20 distinct (ties)
+def test_nearest_codes_equal_a_brute_force(distinct):
+    """faiss's binary k-NN returns the brute-force Hamming distances, and ids that have them."""
+    from dcgan.memorization import nearest_codes
+    from pipeline.dedup.hashing import hamming
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (3000, 16), dtype=np.uint8)
+    query = rng.integers(0, 256, (400, 16), dtype=np.uint8)
+    if distinct:
+        base, query = base[rng.integers(0, distinct, 3000)], base[rng.integers(0, 40, 400)]
+    dist, ids = nearest_codes(query, base, 3)
+    full = hamming(query[:, None], base[None])  # (400, 3000)
+    assert np.array_equal(dist, np.sort(full, axis=1)[:, :3])
+    assert np.array_equal(np.take_along_axis(full, ids, 1), dist)
+
+
 def test_memorization_verdict_weighs_near_copies_against_the_data():
     """Near-copies count only above the data's own near-duplicate rate; being as far from
     the training set as training images are from each other is no sign of copying."""
