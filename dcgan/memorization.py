@@ -1,7 +1,7 @@
 """Does the generator copy its training images? The paper's §6.1 argument, measured.
 
 Generated samples are resized to the dedup stage's 32 x 32 thumbnails and hashed with its
-denoising autoencoder (trained on the training data's ``thumbs.npy``, or given with
+denoising autoencoder (trained on the training data's thumbnails, or given with
 ``--model``). Reported: samples whose 32-bit bucket key equals a training image's (a hash
 collision: what dedup would call a candidate duplicate), each sample's Hamming distance to
 its nearest training image over the full 128-bit code and in pixels (RMS over the

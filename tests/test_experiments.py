@@ -202,6 +202,15 @@ def test_sample_grid_and_singles(run, tmp_path):
 
     G, config = load_generator(run)
     assert np.array_equal(generate_images(G, 5, config)[0], png(singles[0]))
+    # Numbered: the same tiles under a title, each captioned with its id.
+    r = invoke("sample", run, "--n", 16, "--numbered", "--out", tmp_path / "ids.png")
+    assert r.exit_code == 0, r.output
+    numbered = png(tmp_path / "ids.png")
+    samples = generate_images(G, 16, config)
+    y0, x0 = find_tile(numbered, samples[0])
+    y5, x5 = find_tile(numbered, samples[5])  # row 1, column 1
+    assert y0 > 20 and (numbered[:y0 - 2] < 100).any()  # the title
+    assert x5 - x0 == 66 and y5 - y0 > 66 and (numbered[y0 + 64:y5, x0:x0 + 64] < 100).any()
 
 
 def test_interpolate_grid_and_animation(run, tmp_path):
@@ -459,6 +468,25 @@ def test_memorization_catches_a_copying_generator(run, data600, tmp_path):
     assert v["copies_found"] and v["near_copies"] == 50 and v["summary"].startswith("copies")
     assert "50 of 50 samples" in v["reason"]
     assert json.loads((tmp_path / "memorization.json").read_text())["verdict"] == v
+
+
+def test_training_thumbs_of_a_dataset_without_thumbnails(data600, tmp_path):
+    """A dataset with images only (as other stages may write) gets thumbnails made from its
+    images; one with thumbnails gives its own, both read through ``Dataset``."""
+    from dcgan.memorization import training_thumbs
+    from pipeline.dataset import DatasetWriter
+    from pipeline.decode import THUMB, resize
+
+    images = np.asarray(Dataset(data600).images[:10])
+    writer = DatasetWriter(tmp_path / "only-images", "test", {}, {"images": (32, 32, 3)})
+    writer.add_many([str(i) for i in range(10)], {"images": images})
+    writer.advance(10)
+    writer.finish()
+    thumbs, imgs = training_thumbs(tmp_path / "only-images")
+    assert thumbs.shape == (10, THUMB, THUMB, 3) and np.array_equal(imgs, images)
+    assert np.array_equal(thumbs[3], resize(images[3], THUMB))
+    own, _ = training_thumbs(data600)
+    assert np.array_equal(own, Dataset(data600).array("thumbs"))
 
 
 @pytest.mark.parametrize("distinct", [None, 20])  # random codes; only 20 distinct (ties)
