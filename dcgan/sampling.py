@@ -110,8 +110,10 @@ def walk(points, steps: int, spherical: bool):
 def interpolate(G, config: Any, out: str | Path, rows: int = 6, steps: int = 10,
                 seed: int = 0, device: str = "cpu", spherical: bool | None = None,
                 frame_ms: int = 80) -> dict[str, Any]:
-    """The paper's Fig. 4: ``rows`` walks between random z pairs as a PNG grid (a row per
-    walk), and one long walk through ``rows + 1`` points as an animated GIF beside it.
+    """The paper's Fig. 4: ``rows`` walks between random z pairs as a grid (a row per
+    walk), and one long walk through ``rows + 1`` points as an animated GIF beside it
+    (``out``: the grid's image file, the GIF's .gif file, or a folder for walk.png and
+    walk.gif).
 
     Smooth, semantically gradual rows (no sharp jumps) argue against memorisation (§6.1).
     ``spherical`` defaults to slerp for a Gaussian prior, linear for a uniform one.
