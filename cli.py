@@ -311,15 +311,15 @@ def _load_run(run: Path, device: str, discriminator: bool = False) -> tuple[Any,
     return net, config, device
 
 
-# The --out rule of every experiment (pipeline.outputs), said once in each --out help.
+# The --out rule of every experiment (pipeline.outfiles), said once in each --out help.
 OUT_RULE = ("A name without a suffix is a folder (created); a file's folder must exist. "
             "An existing file is replaced only if dcgan-curate wrote it; nothing is deleted.")
 
 
 def _json_out(out: Path | None, name: str) -> Any:
-    """The checked ``pipeline.outputs.Outputs`` for a command's JSON numbers (``out``: a
+    """The checked ``pipeline.outfiles.Outputs`` for a command's JSON numbers (``out``: a
     .json file or a folder for ``name``), or None without ``out``."""
-    from pipeline.outputs import JSON_SUFFIXES, Outputs
+    from pipeline.outfiles import JSON_SUFFIXES, Outputs
 
     if out is None:
         return None
@@ -330,7 +330,7 @@ def _json_out(out: Path | None, name: str) -> Any:
 
 def _save_result(result: dict[str, Any], outs: Any) -> str:
     """Write a command's numbers where ``_json_out`` said; the words for the summary."""
-    from pipeline.outputs import save_json
+    from pipeline.outfiles import save_json
 
     if outs is None:
         return ""

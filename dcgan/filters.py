@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.outputs import IMAGE_SUFFIXES, Outputs
+from pipeline.outfiles import IMAGE_SUFFIXES, Outputs
 from pipeline.sheets import save_sheet
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.outputs import IMAGE_SUFFIXES, Outputs, save_json
+from pipeline.outfiles import IMAGE_SUFFIXES, Outputs, save_json
 from pipeline.sheets import save_sheet
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.outputs import IMAGE_SUFFIXES, Outputs, save_animation
+from pipeline.outfiles import IMAGE_SUFFIXES, Outputs, save_animation
 from pipeline.sheets import save_png, save_sheet
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def grid_columns(n: int) -> int:
 def sample(G, config: Any, out: str | Path, n: int = 64, seed: int = 0,
            device: str = "cpu", numbered: bool = False) -> dict[str, Any]:
     """Write ``n`` samples: a grid when ``out`` is an image file, else a folder of single
-    PNGs plus ``grid.png`` (the ``pipeline.outputs`` rule). ``numbered`` captions each tile
+    PNGs plus ``grid.png`` (the ``pipeline.outfiles`` rule). ``numbered`` captions each tile
     with its id (and titles the grid)."""
     outs = Outputs.resolve(out, "grid.png", IMAGE_SUFFIXES)
     singles = [] if outs.named else [outs.companion(f"{i:05d}.png") for i in range(n)]

@@ -103,7 +103,7 @@ def make_sheet(images: Sequence[np.ndarray], ncol: int | None = None,
 def save_png(image: np.ndarray, path: str | Path) -> Path:
     """Write an RGB uint8 image, atomically and tagged as the tool's; the suffix says the
     format (.png, .jpg, .webp). The folder is created (run directories' ``samples/``)."""
-    from pipeline.outputs import save_image
+    from pipeline.outfiles import save_image
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The --out rule of the experiment commands (pipeline.outputs): suffix = file and format, no
+"""The --out rule of the experiment commands (pipeline.outfiles): suffix = file and format, no
 suffix = folder, a missing parent of a file is an error, and a file the tool did not write
 is never replaced."""
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.outputs import (
+from pipeline.outfiles import (
     IMAGE_SUFFIXES,
     JSON_SUFFIXES,
     Outputs,
