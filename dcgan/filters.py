@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.outfiles import IMAGE_SUFFIXES, Outputs
 from pipeline.sheets import save_sheet
 
 
@@ -65,7 +66,7 @@ def guided_backprop(D, images: np.ndarray, features: int = 6, per_feature: int =
     import torch
 
     g = guided_copy(D).to(device)
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
+    x = torch.from_numpy(np.array(images)).to(device).permute(0, 3, 1, 2)  # a writable copy
     x = x.float() / 127.5 - 1
     with torch.no_grad():
         last = g.features(x)[-1]  # (N, C, 4, 4) for every resolution
@@ -90,23 +91,30 @@ def _visualise(grad) -> np.ndarray:
 
 def filters(D, images: np.ndarray, out: str | Path, features: int = 6, per_feature: int = 6,
             device: str = "cpu", seed: int = 0) -> dict[str, Any]:
-    """One sheet: a row per feature of the trained D (captions 'D f<k>'), then the same for a
-    random-weight D ('rand f<k>'), each row preceded by nothing but its visualisations."""
+    """One sheet (``out``: an image file, or a folder for ``filters.png``): a row per
+    feature of the trained D, then the same features of a random-weight D, each row the
+    images that excite the feature most, strongest first; titled and row-labelled."""
     import torch
 
     from dcgan.models import Discriminator, weights_init
 
+    outs = Outputs.resolve(out, "filters.png", IMAGE_SUFFIXES)
+    outs.claim([outs.main])
     torch.manual_seed(seed)
     rand = Discriminator(D.ndf, D.resolution, D.nc).to(device)
     rand.apply(weights_init)
     trained, channels = guided_backprop(D, images, features, per_feature, device)
     random, _ = guided_backprop(rand, images, features, per_feature, device)
     per = min(per_feature, len(images))
-    captions = [f"D f{c}" for c in channels for _ in range(per)] + \
-        [f"rand f{c}" for c in channels for _ in range(per)]
-    out = Path(out)
-    png = out if out.suffix.lower() == ".png" else out / "filters.png"
-    save_sheet(np.concatenate([trained, random]), png, ncol=per, captions=captions,
-               cell=max(64, images.shape[1]))
-    return {"sheet": str(png), "features": channels, "per_feature": per,
+    title = ["Guided backprop (paper Fig. 5): what D's last conv features respond to.",
+             f"Rows: features {channels[0]}..{channels[-1]} of the trained D (\"trained "
+             "f<k>\"), then the same features of a random-weight D (\"random f<k>\"). "
+             f"Columns: the {per} of {len(images)} images that excite the feature most, "
+             "strongest first, as the input gradient (grey = 0). Object parts on the "
+             "trained rows, texture noise on the random ones, are what the paper shows."]
+    labels = [f"trained f{c}" for c in channels] + [f"random f{c}" for c in channels]
+    outs.ready()
+    save_sheet(np.concatenate([trained, random]), outs.main, ncol=per,
+               cell=max(64, images.shape[1]), title=title, row_labels=labels)
+    return {"sheet": str(outs.main), "features": channels, "per_feature": per,
             "images": len(images)}

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.dataset import atomic_write
 from pipeline.errors import UserError
-from pipeline.sheets import make_sheet, save_png, save_sheet
+from pipeline.outfiles import IMAGE_SUFFIXES, Outputs, save_animation
+from pipeline.sheets import save_png, save_sheet
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +60,22 @@ def grid_columns(n: int) -> int:
 
 def sample(G, config: Any, out: str | Path, n: int = 64, seed: int = 0,
            device: str = "cpu", numbered: bool = False) -> dict[str, Any]:
-    """Write ``n`` samples: a PNG grid when ``out`` ends in .png, else a folder of single
-    PNGs plus ``grid.png``. ``numbered`` captions each tile with its id."""
+    """Write ``n`` samples: a grid when ``out`` is an image file, else a folder of single
+    PNGs plus ``grid.png`` (the ``pipeline.outfiles`` rule). ``numbered`` captions each tile
+    with its id (and titles the grid)."""
+    outs = Outputs.resolve(out, "grid.png", IMAGE_SUFFIXES)
+    singles = [] if outs.named else [outs.companion(f"{i:05d}.png") for i in range(n)]
+    outs.claim([outs.main, *singles])
     images = generate_images(G, n, config, device, seed)
-    out = Path(out)
     captions = [str(i) for i in range(n)] if numbered else None
-    if out.suffix.lower() == ".png":
-        grid = save_sheet(images, out, captions=captions, cell=_cell(images, captions))
-        return {"grid": str(grid), "n": n}
-    out.mkdir(parents=True, exist_ok=True)
-    for i, im in enumerate(images):
-        save_png(im, out / f"{i:05d}.png")
-    grid = save_sheet(images, out / "grid.png", captions=captions, cell=_cell(images, captions))
-    return {"grid": str(grid), "folder": str(out), "n": n}
+    title = f"Samples 0..{n - 1} (seed {seed}): ids as arithmetic takes them" \
+        if numbered else None
+    outs.ready()
+    for im, path in zip(images, singles):
+        save_png(im, path)
+    grid = save_sheet(images, outs.main, captions=captions, cell=_cell(images, captions),
+                      title=title)
+    return {"grid": str(grid), "n": n, **({} if outs.named else {"folder": str(outs.folder)})}
 
 
 def _cell(images: np.ndarray, captions: Sequence[str] | None) -> int | None:
@@ -107,12 +110,18 @@ def walk(points, steps: int, spherical: bool):
 def interpolate(G, config: Any, out: str | Path, rows: int = 6, steps: int = 10,
                 seed: int = 0, device: str = "cpu", spherical: bool | None = None,
                 frame_ms: int = 80) -> dict[str, Any]:
-    """The paper's Fig. 4: ``rows`` walks between random z pairs as a PNG grid (a row per
-    walk), and one long walk through ``rows + 1`` points as an animated GIF beside it.
+    """The paper's Fig. 4: ``rows`` walks between random z pairs as a grid (a row per
+    walk), and one long walk through ``rows + 1`` points as an animated GIF beside it
+    (``out``: the grid's image file, the GIF's .gif file, or a folder for walk.png and
+    walk.gif).
 
     Smooth, semantically gradual rows (no sharp jumps) argue against memorisation (§6.1).
     ``spherical`` defaults to slerp for a Gaussian prior, linear for a uniform one.
     """
+    outs = Outputs.resolve(out, "walk.png", {**IMAGE_SUFFIXES, ".gif": "GIF"})
+    grid_path = outs.companion("walk.png") if outs.main.suffix.lower() == ".gif" else outs.main
+    gif_path = outs.companion("walk.gif")
+    outs.claim([grid_path, gif_path])
     if spherical is None:
         spherical = getattr(config, "z_dist", "normal") != "uniform"
     z = latents(2 * rows, config, seed)
@@ -122,29 +131,23 @@ def interpolate(G, config: Any, out: str | Path, rows: int = 6, steps: int = 10,
     frames_z = torch.cat([walk(z[:rows + 1], steps * 2, spherical),
                           walk(z[[rows, 0]], steps * 2, spherical)[1:-1]])  # and back
     images = generate(G, torch.cat(grid_z), device)
-    out = Path(out)
-    png = out if out.suffix.lower() == ".png" else out / "walk.png"
-    save_sheet(images, png, ncol=steps, cell=_cell(images, None))
-    gif = save_animation(generate(G, frames_z, device), png.with_suffix(".gif"), frame_ms)
-    return {"grid": str(png), "animation": str(gif), "rows": rows, "steps": steps,
+    frames = generate(G, frames_z, device)
+    outs.ready()
+    save_sheet(images, grid_path, ncol=steps, cell=_cell(images, None))
+    save_animation(enlarge(frames, max(128, frames.shape[1])), gif_path, frame_ms)
+    return {"grid": str(grid_path), "animation": str(gif_path), "rows": rows, "steps": steps,
             "frames": len(frames_z), "spherical": spherical}
 
 
-def save_animation(frames: np.ndarray, path: str | Path, frame_ms: int = 80,
-                   size: int = 128) -> Path:
-    """Frames (N, H, W, C) uint8 as a looping GIF (or WebP, by suffix), enlarged to ``size``."""
-    from PIL import Image
+def enlarge(frames: np.ndarray, side: int) -> np.ndarray:
+    """Frames (N, H, W, C) resized to ``side`` with nearest neighbours (crisp pixels)."""
+    import cv2
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    side = max(size, frames.shape[1])
-    ims = [Image.fromarray(f.squeeze(-1) if f.shape[-1] == 1 else f).resize(
-        (side, side), Image.NEAREST) for f in frames]
-    fmt = "WEBP" if path.suffix.lower() == ".webp" else "GIF"
-    with atomic_write(path, "wb") as f:
-        ims[0].save(f, format=fmt, save_all=True, append_images=ims[1:], duration=frame_ms,
-                    loop=0)
-    return path
+    if frames.shape[1] == side:
+        return frames
+    return np.stack([cv2.resize(np.ascontiguousarray(f), (side, side),
+                                interpolation=cv2.INTER_NEAREST).reshape(side, side, -1)
+                     for f in frames])
 
 
 def parse_ids(text: str | Sequence[int], n: int, name: str) -> list[int]:
@@ -171,42 +174,53 @@ def arithmetic(G, config: Any, out: str | Path, a: str | None = None, b: str | N
                noise: float = 0.25, device: str = "cpu") -> dict[str, Any]:
     """The paper's Fig. 7: mean z of samples ``a`` - mean of ``b`` + mean of ``c``.
 
-    Always writes ``candidates.png`` (the ``n`` seeded samples, numbered) into the ``out``
-    folder; with ids, also ``arithmetic.png``: one row per input group (its samples, then the
-    image of their mean z), and a last row with the result and ``variants`` results with
-    uniform noise of +-``noise`` added to z, as in the paper.
+    Always writes ``candidates.png`` (the ``n`` seeded samples, numbered); with ids, also
+    ``arithmetic.png``: one row per input group (its samples, then the image of their mean
+    z), and a last row with the result and ``variants`` results with uniform noise of
+    +-``noise`` added to z, as in the paper. ``out`` is a folder for both, or the file for
+    the result with ``<name>-candidates.png`` beside it.
     """
     import torch
 
-    out = Path(out)
-    folder = out.parent if out.suffix.lower() == ".png" else out
+    outs = Outputs.resolve(out, "arithmetic.png", IMAGE_SUFFIXES)
+    cand_path = outs.companion("candidates.png")
+    given = [g is not None for g in (a, b, c)]
+    if any(given) and not all(given):
+        raise UserError("give all of --a, --b and --c (ids from candidates.png), or none")
+    groups = [parse_ids(g, n, name) for g, name in ((a, "a"), (b, "b"), (c, "c"))] \
+        if all(given) else []
+    outs.claim([cand_path, *([outs.main] if groups else [])])
     z = latents(n, config, seed)
     candidates = generate(G, z, device)
-    cand_png = save_sheet(candidates, folder / "candidates.png", captions=[
-        str(i) for i in range(n)], cell=_cell(candidates, ["0"]))
+    outs.ready()
+    cand_png = save_sheet(candidates, cand_path, captions=[str(i) for i in range(n)],
+                          cell=_cell(candidates, ["0"]),
+                          title=f"Arithmetic candidates 0..{n - 1} (seed {seed}): pick ids "
+                          "for a, b and c from these (e.g. --a 3,5 --b 7 --c 12, same seed); "
+                          "G(mean a - mean b + mean c) is then drawn.")
     result: dict[str, Any] = {"candidates": str(cand_png), "n": n}
-    if a is None and b is None and c is None:
+    if not groups:
         return result
-    if a is None or b is None or c is None:
-        raise UserError("give all of --a, --b and --c (ids from candidates.png), or none")
-    groups = [parse_ids(g, n, name) for g, name in ((a, "a"), (b, "b"), (c, "c"))]
     means = torch.stack([z[g].mean(0) for g in groups])
     target = means[0] - means[1] + means[2]
     gen = torch.Generator().manual_seed(seed + 1)
     jitter = (torch.rand(variants, z.shape[1], generator=gen) * 2 - 1) * noise
-    outs = generate(G, torch.cat([target[None], target[None] + jitter]), device)
+    outs_images = generate(G, torch.cat([target[None], target[None] + jitter]), device)
     mean_images = generate(G, means, device)
     width = max(max(len(g) for g in groups) + 1, variants + 1)
     blank = np.full_like(candidates[0], 255)
     tiles, captions = [], []
     for label, g, mean_im in zip("abc", groups, mean_images):
-        row = [candidates[i] for i in g] + [blank] * (width - 1 - len(g)) + [mean_im]
-        tiles += row
-        captions += [f"{label}{i}" for i in g] + [""] * (width - 1 - len(g)) + [f"mean {label}"]
-    tiles += list(outs) + [blank] * (width - len(outs))
-    captions += ["a-b+c"] + [f"+noise{i}" for i in range(1, len(outs))] + \
-        [""] * (width - len(outs))
-    png = out if out.suffix.lower() == ".png" else out / "arithmetic.png"
-    save_png(make_sheet(tiles, ncol=width, captions=captions, cell=_cell(candidates, ["0"])),
-             png)
-    return {**result, "grid": str(png), "a": groups[0], "b": groups[1], "c": groups[2]}
+        tiles += [candidates[i] for i in g] + [blank] * (width - 1 - len(g)) + [mean_im]
+        captions += [f"#{i}" for i in g] + [""] * (width - 1 - len(g)) + [f"mean {label}"]
+    tiles += list(outs_images) + [blank] * (width - len(outs_images))
+    captions += ["a-b+c"] + [f"+noise{i}" for i in range(1, len(outs_images))] + \
+        [""] * (width - len(outs_images))
+    title = ["Vector arithmetic on z (paper Fig. 7): rows a, b, c show the chosen candidates "
+             "(#id) and, at the right, G(mean z) of each group.",
+             f"Last row: G(mean a - mean b + mean c), then {variants} results with uniform "
+             f"noise of +-{noise:g} added to that z."]
+    grid = save_sheet(tiles, outs.main, ncol=width, captions=captions,
+                      cell=_cell(candidates, ["0"]), title=title,
+                      row_labels=["a", "b", "c", "a-b+c"])
+    return {**result, "grid": str(grid), "a": groups[0], "b": groups[1], "c": groups[2]}
