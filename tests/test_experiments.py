@@ -491,10 +491,10 @@ def test_training_thumbs_of_a_dataset_without_thumbnails(data600, tmp_path):
     from pipeline.decode import THUMB, resize
 
     images = np.asarray(Dataset(data600).images[:10])
-    writer = DatasetWriter(tmp_path / "only-images", "test", {}, {"images": (32, 32, 3)})
-    writer.add_many([str(i) for i in range(10)], {"images": images})
-    writer.advance(10)
-    writer.finish()
+    with DatasetWriter(tmp_path / "only-images", "test", {}, {"images": (32, 32, 3)}) as w:
+        w.add_many([str(i) for i in range(10)], {"images": images})
+        w.advance(10)
+        w.finish()
     thumbs, imgs = training_thumbs(tmp_path / "only-images")
     assert thumbs.shape == (10, THUMB, THUMB, 3) and np.array_equal(imgs, images)
     assert np.array_equal(thumbs[3], resize(images[3], THUMB))
