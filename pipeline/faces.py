@@ -205,7 +205,8 @@ def detect_faces(source: Source, out: str | Path, config: FacesConfig = FacesCon
                        overwrite=overwrite) as writer:
         if writer.done:
             return writer.result
-        sheets = Sheets(config.sheet)
+        sheets = Sheets(config.sheet, source.paths[0].name if source.paths else "the source",
+                        config.min_size)
 
         def write(writer: DatasetWriter, chunk: list[PhotoResult]) -> int:
             for photo in chunk:
@@ -231,29 +232,38 @@ def write_photo(writer: DatasetWriter, photo: PhotoResult, sheets: Sheets) -> No
             writer.add(key, {"images": f.crop, "thumbs": resize(f.crop, THUMB)}, **meta)
         else:
             writer.drop(key, f.reason, **meta)
-        sheets.add(f)
+        sheets.add(f, photo.key)
 
 
 class Sheets:
     """Collects the first kept and rejected crops of this run for the contact sheets."""
 
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.kept: list[np.ndarray] = []
+    def __init__(self, limit: int, source: str = "", min_size: int = 0):
+        self.limit, self.source, self.min_size = limit, source, min_size
+        self.kept: list[tuple[np.ndarray, str]] = []
         self.rejected: list[tuple[np.ndarray, str]] = []
+        self.counts = {"kept": 0, "rejected": 0}
 
-    def add(self, face: Face) -> None:
-        if face.reason is None and len(self.kept) < self.limit:
-            self.kept.append(face.crop)
-        elif face.reason is not None and len(self.rejected) < self.limit:
-            self.rejected.append((face.crop, face.reason))
+    def add(self, face: Face, photo: str) -> None:
+        which = "kept" if face.reason is None else "rejected"
+        self.counts[which] += 1
+        faces = self.kept if face.reason is None else self.rejected
+        if len(faces) < self.limit:
+            faces.append((face.crop, Path(photo).name if face.reason is None else face.reason))
 
     def save(self, writer: DatasetWriter) -> None:
         from pipeline.sheets import save_sheet
 
-        cell = max(64, writer.arrays_spec["images"][0][0])
-        if self.kept:
-            save_sheet(self.kept, writer.path("kept.png"), cell=cell)
-        if self.rejected:
-            save_sheet([c for c, _ in self.rejected], writer.path("rejected.png"), cell=cell,
-                       captions=[r for _, r in self.rejected])
+        cell = max(96, writer.arrays_spec["images"][0][0])
+        for which, faces, what in (
+                ("kept", self.kept, f"box side >= {self.min_size} px; under each, its photo"),
+                ("rejected", self.rejected, "under each, why: too_small, low_score or "
+                                            "overlap")):
+            if not faces:
+                continue
+            shown = (f"the first {len(faces)} of {self.counts[which]}"
+                     if self.counts[which] > len(faces) else f"all {len(faces)}")
+            save_sheet([c for c, _ in faces], writer.path(f"{which}.png"), cell=cell,
+                       captions=[t for _, t in faces],
+                       title=f"Faces {which} by detect-faces from {self.source}: {shown} "
+                             f"({what}).")

@@ -23,6 +23,15 @@ def _text_width(text: str, scale: float) -> int:
     return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
 
 
+def _fit(text: str, width: int, scale: float) -> str:
+    """``text`` cut (with an ellipsis) to ``width`` pixels: captions never overlap."""
+    if _text_width(text, scale) <= width:
+        return text
+    while len(text) > 1 and _text_width(text + "..", scale) > width:
+        text = text[:-1]
+    return text + ".."
+
+
 def wrap(text: str, width: int, scale: float = _FONT_SCALE) -> list[str]:
     """``text`` broken into lines of at most ``width`` pixels (a word never breaks)."""
     lines: list[str] = []
@@ -95,7 +104,7 @@ def make_sheet(images: Sequence[np.ndarray], ncol: int | None = None,
         sheet[y:y + t.shape[0], x:x + t.shape[1]] = t
         if captions and i < len(captions) and captions[i]:
             ty = top + pad + r * row_h + th + cap_h - 4
-            cv2.putText(sheet, str(captions[i])[: max(4, tw // 7)], (x, ty),
+            cv2.putText(sheet, _fit(str(captions[i]), tw, scale), (x, ty),
                         cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return sheet
 

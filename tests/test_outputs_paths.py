@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from demo.samples import encode
 
+from demo.samples import encode
 from pipeline.errors import UserError
 from pipeline.outfiles import (
     IMAGE_SUFFIXES,

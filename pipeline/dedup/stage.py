@@ -122,8 +122,10 @@ def _hash(ds: Dataset, thumbs: np.ndarray, config: DedupConfig, writer: DatasetW
 
 
 def _review_sheet(path: Path, pictures: np.ndarray, manifest: list[dict],
-                  dup_of: np.ndarray, n_pairs: int, seed: int) -> None:
-    """Random removed/kept pairs side by side (removed left), captioned with the pair's ids."""
+                  dup_of: np.ndarray, distance: np.ndarray, similarity: np.ndarray,
+                  n_pairs: int, seed: int) -> None:
+    """Random removed | kept pairs side by side, captioned with their ids and the pair's
+    evidence: the paper's way of estimating false positives by eye."""
     from pipeline.sheets import save_sheet
 
     removed = np.flatnonzero(dup_of >= 0)
@@ -131,12 +133,23 @@ def _review_sheet(path: Path, pictures: np.ndarray, manifest: list[dict],
         return
     pick = np.sort(np.random.default_rng(seed).choice(
         removed, min(n_pairs, len(removed)), replace=False))
+    gap = np.full((pictures.shape[1], 3, 3), 255, np.uint8)
     tiles, captions = [], []
     for i in pick:
         j = int(dup_of[i])
-        tiles += [pictures[i], pictures[j]]
-        captions += [f"x{manifest[i]['id']}", f"={manifest[j]['id']}"]
-    save_sheet(tiles, path, ncol=8, captions=captions, cell=max(64, pictures.shape[1]))
+        tiles.append(np.concatenate([pictures[i], gap, pictures[j]], axis=1))
+        captions.append(f"x{manifest[i]['id']} = {manifest[j]['id']}  d{int(distance[i])} "
+                        f"s{similarity[i]:.2f}")
+    title = [f"Near-duplicates removed by dedup: {len(pick)} of {len(removed)} pairs, drawn "
+             "at random. In each pair the removed image (x, left) stands beside the kept "
+             "image it duplicates (=, right).",
+             "Under each pair: the two ids (rows of the input; the keys are in the "
+             "duplicates list), d = code distance in bits (of 128), s = pixel similarity "
+             "(1 = identical)."]
+    scale = max(1, 96 // pictures.shape[1])
+    if scale > 1:  # small images enlarged, pixels kept crisp
+        tiles = [np.repeat(np.repeat(t, scale, 0), scale, 1) for t in tiles]
+    save_sheet(tiles, path, ncol=4, captions=captions, title=title, pad=6)
 
 
 def dedup(dataset: str | Path, out: str | Path, config: DedupConfig = DedupConfig(), *,
@@ -211,8 +224,8 @@ def _dedup(ds: Dataset, writer: DatasetWriter, config: DedupConfig,
         bar.update(len(block))
     bar.close()
     pictures = sources.get("images", sources["thumbs"])
-    _review_sheet(writer.path("review.png"), pictures, manifest, dup_of, config.review_pairs,
-                  config.seed)
+    _review_sheet(writer.path("review.png"), pictures, manifest, dup_of, result.distance,
+                  result.similarity, config.review_pairs, config.seed)
     groups = result.groups()
     sizes = Counter(len(v) + 1 for v in groups.values())
     return writer.finish(
