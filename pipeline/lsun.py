@@ -67,11 +67,14 @@ class LsunSource:
     def __len__(self) -> int:
         return self.length
 
+    ship_keys = False  # pickles carry the key list (for nodes that share no key cache)
+
     def __getstate__(self) -> dict:
-        # Workers reload the key list from the cache (memory-mapped, shared) instead of
-        # receiving a pickled copy of it.
+        # Workers on this machine reload the key list from the cache (memory-mapped, shared)
+        # instead of receiving a pickled copy of it.
         state = dict(self.__dict__)
-        state["_keys"] = None
+        if not self.ship_keys:
+            state["_keys"] = None
         return state
 
     @property
