@@ -284,6 +284,20 @@ class RayEngine:
                 result.reraise()
             yield result
 
+    def run_parts(self, fn: Callable[[Any], Any], write: Callable[[Any, Any], int],
+                  tasks: Iterable[tuple[int, int]], state: dict[str, Any], parts: str | Path,
+                  arrays: dict[str, tuple[int, ...]], workers: int = 0) -> Iterator[str]:
+        """Like ``run_ordered``, but each actor writes its task's result itself, with the
+        stage's ``write``, as a part (a dataset directory) under ``parts``, a folder every
+        node and the driver share; yields the parts' paths in task order, for ``merge_part``.
+
+        Results then never travel through the driver's memory or the object store; a
+        rerun finds the parts that finished (``write_part``).
+        """
+        Path(parts).mkdir(parents=True, exist_ok=True)
+        state = {**state, "part": (fn, write, str(Path(parts).resolve()), dict(arrays))}
+        yield from self.run_ordered(write_part, tasks, state, workers)
+
     # -- dedup codes --------------------------------------------------------------------------
     def encode_thumbs(self, model: Any, thumbs: np.ndarray | str | Path,
                       workers: int = 0) -> np.ndarray:
@@ -314,3 +328,66 @@ def _encode_range(task: tuple[int, int]) -> np.ndarray:
     if isinstance(state["thumbs"], str):  # a path: memory-mapped once per worker
         state["thumbs"] = np.load(state["thumbs"], mmap_mode="r")
     return encode_thumbs(state["model"], state["thumbs"][task[0]:task[1]])
+
+
+# -- parts on shared storage ------------------------------------------------------------------
+def part_name(task: tuple[int, int]) -> str:
+    """The folder name of a task's part: its range, so a rerun finds it whatever the order."""
+    return f"part-{task[0]:012d}-{task[1]:012d}"
+
+
+def write_part(task: tuple[int, int]) -> str:
+    """Compute a task and write its result as a finished dataset directory (the part), with
+    the stage's own ``write``; the task function of ``RayEngine.run_parts``.
+
+    Idempotent, as Ray may run a task twice (a worker presumed dead, a rerun): a finished
+    part is returned as it is; each attempt writes under its own temporary name and renames
+    it into place, and an attempt that finds the place taken removes its own copy.
+    """
+    import shutil
+    import uuid
+
+    from pipeline.dataset import MARKER, DatasetWriter
+
+    fn, write, root, arrays = worker_state()["part"]
+    final = Path(root) / part_name(task)
+    if (final / MARKER).exists():
+        return str(final)
+    result = fn(task)
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}")
+    try:
+        writer = DatasetWriter(tmp, "part", {"task": list(task)}, arrays)
+        writer.advance(write(writer, result))
+        writer.finish()
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / MARKER).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours: renamed away, or another won
+    return str(final)
+
+
+def merge_part(writer: Any, part: str | Path) -> int:
+    """Append a part to ``writer``: its kept items (pixels copied file to file), then its
+    drops file by file, in their order; returns the records the part covers (``advance``).
+
+    The manifest's ids are renumbered by ``writer`` and every other field is copied, so the
+    merged directory has the bytes that writing the results directly would have given.
+    """
+    from pipeline.dataset import MANIFEST, Dataset, read_jsonl
+
+    part = Dataset(part)
+    rows = part.manifest
+    writer.copy_many([r["key"] for r in rows],
+                     {name: part.array(name) for name in writer.arrays_spec},
+                     np.arange(len(rows)),
+                     [{k: v for k, v in r.items() if k not in ("id", "key")} for r in rows])
+    for path in sorted(part.root.glob("*.jsonl")):
+        if path.name == MANIFEST:
+            continue
+        for rec in read_jsonl(path):
+            rest = {k: v for k, v in rec.items() if k not in ("key", "reason")}
+            writer.drop(rec["key"], rec["reason"], file=path.stem, **rest)
+    return int(part.stats["read"])

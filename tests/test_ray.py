@@ -206,9 +206,37 @@ def test_faces_on_ray_write_the_same_bytes(tmp_path, on_ray):
         (tmp_path / "local" / "kept.png").read_bytes()
 
 
+def test_parts_on_shared_storage_merge_to_the_same_bytes(lsun_db, tmp_path, engine):
+    """Actors write each range as a part (a dataset directory) on storage the driver shares;
+    the driver merges them in order into the bytes of a local run. A part finished by an
+    earlier, interrupted run is reused as it is; no temporary folder is left behind."""
+    from pipeline.extract import write_chunk
+    from pipeline.ray_engine import merge_part, part_name
+    from pipeline.stage import shard_tasks
+
+    src = LsunSource([lsun_db])
+    config = ExtractConfig(chunk=4)
+    extract(src, tmp_path / "local", config, progress=False)  # the local engine
+    parts, tasks = tmp_path / "shared" / "parts", shard_tasks(len(src), 4, 0, 1)
+    state, arrays = {"source": src, "resolution": 64}, {"images": (64, 64, 3),
+                                                        "thumbs": (32, 32, 3)}
+    [early] = engine.run_parts(prepare_chunk, write_chunk, tasks[2:3], state, parts, arrays)
+    stamp = (Path(early) / "COMPLETE").stat().st_mtime_ns
+    writer = DatasetWriter(tmp_path / "ray", "extract", config.identity(src), arrays)
+    for part in engine.run_parts(prepare_chunk, write_chunk, tasks, state, parts, arrays):
+        writer.advance(merge_part(writer, part))
+    stats = writer.finish()
+    assert stats["read"] == 30 and stats["kept"] == 25 and stats["dropped"] == {"corrupt": 5}
+    _same_files(tmp_path / "local", tmp_path / "ray")
+    assert (Path(early) / "COMPLETE").stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in parts.iterdir()) == [part_name(t) for t in tasks]
+
+
 def test_dedup_codes_on_ray_equal_in_process_codes(data32, engine, monkeypatch, one_torch_thread):
     """The actor pool encodes the same batches as ``encode_thumbs``: identical activations,
-    from an array or from the dataset's ``thumbs.npy`` path."""
+    from an array or from the dataset's ``thumbs.npy`` path. (One torch thread here, as in
+    each actor: between thread counts activations differ in their last bits, in-process
+    too, and the codes, their signs, did not; benchmarks/engine.py.)"""
     import pipeline.dedup.autoencoder as ae
     from pipeline.dedup import AutoencoderConfig, hash_thumbs, train_autoencoder
 
