@@ -11,8 +11,9 @@ a fresh process:
   ``autoencoder.encode_thumbs`` in-process vs ``RayEngine.encode_thumbs``.
 
 Per measurement: records/s of the run itself; the Ray session's start (``ray.init``) apart;
-CPU seconds of the process and everything it started (``RUSAGE_CHILDREN`` once they have
-exited: Ray's own daemons and workers included); peak memory, the largest sum of the
+the pool's start (until its first result); CPU seconds of the process and everything it
+started, Ray's daemons and workers included (each process's CPU time sampled from ``/proc``
+every 0.2 s: up to 0.2 s of each is missed); peak memory, the largest sum of the
 resident sets of the process tree (sampled every 0.2 s; shared pages, such as the object
 store's, counted once per process that maps them). Ray's outputs are checked byte-identical
 to the local ones, and its codes (the activations' signs) identical. Ratios are against
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -68,6 +68,16 @@ def child(mode: str, workers: int, db: Path, out: Path, encode: int) -> dict:
     if mode in ("ray", "ray-encode"):
         engine = RayEngine(workers=workers, num_cpus=max(2, workers)).start()
         result["start_s"] = time.perf_counter() - t0
+        run_ordered = engine.run_ordered
+
+        def first_result_timed(*a, **k):  # the pool's start: until its first result
+            t = time.perf_counter()
+            for i, r in enumerate(run_ordered(*a, **k)):
+                if i == 0:
+                    result["pool_s"] = time.perf_counter() - t
+                yield r
+
+        engine.run_ordered = first_result_timed
     if mode in ("local", "ray"):
         if engine is not None:
             pipeline.stage.run_ordered = engine.run_ordered
@@ -107,17 +117,19 @@ def child(mode: str, workers: int, db: Path, out: Path, encode: int) -> dict:
 
 
 # -- the parent: processes, CPU and memory -------------------------------------------------
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and all its descendants."""
+def _tree(pid: int) -> dict[int, tuple[float, int]]:
+    """``pid`` and all its descendants: (CPU seconds so far, resident bytes) of each."""
     parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
+    usage: dict[int, tuple[float, int]] = {}
+    tick, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
         try:
             fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
             parents[int(p.name)] = int(fields[1])
-            rss[int(p.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            usage[int(p.name)] = ((int(fields[11]) + int(fields[12])) / tick,
+                                  int(fields[21]) * page)
         except (OSError, IndexError, ValueError):
             continue
     tree, todo = {pid}, [pid]
@@ -127,33 +139,33 @@ def _tree_rss(pid: int) -> int:
             if ppid == parent and child_pid not in tree:
                 tree.add(child_pid)
                 todo.append(child_pid)
-    return sum(rss.get(p, 0) for p in tree)
+    return {p: usage[p] for p in tree if p in usage}
 
 
 def measure(args: argparse.Namespace, mode: str, workers: int) -> dict:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen([sys.executable, __file__, "--n", str(args.n), "--work",
                              str(args.work), "--encode", str(args.encode), "--child", mode,
                              str(workers)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    peak = 0
+    peak, cpu = 0, {}
     stop = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         while not stop.wait(0.2):
-            peak = max(peak, _tree_rss(proc.pid))
+            tree = _tree(proc.pid)
+            peak = max(peak, sum(rss for _, rss in tree.values()))
+            cpu.update({p: max(c, cpu.get(p, 0.0)) for p, (c, _) in tree.items()})
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     out, err = proc.communicate(timeout=args.timeout)
     stop.set()
     sampler.join()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
         raise SystemExit(f"{mode} with {workers} workers failed:\n{err[-2000:]}")
     result = json.loads(out.strip().splitlines()[-1])
-    result["cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result["cpu_s"] = sum(cpu.values())
     result["peak_mb"] = peak / 2**20
     return result
 
@@ -206,13 +218,14 @@ def main() -> None:
                                      for k, v in r.items()}), flush=True)
 
     print("\nbyte-identical outputs and identical codes: yes\n")
-    print("| work | workers | local rec/s | Ray rec/s | Ray/local | Ray start s | "
-          "CPU s local / Ray | peak MB local / Ray |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| work | workers | local rec/s | Ray rec/s | Ray/local | Ray start s | pool start s "
+          "| CPU s local / Ray | peak MB local / Ray |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for what, lo, ra in rows:
         lr, rr = lo["records"] / lo["run_s"], ra["records"] / ra["run_s"]
         print(f"| {what} | {lo['workers']} | {lr:.0f} | {rr:.0f} | {rr / lr:.2f}x | "
-              f"{ra['start_s']:.1f} | {lo['cpu_s']:.1f} / {ra['cpu_s']:.1f} | "
+              f"{ra['start_s']:.1f} | {ra.get('pool_s', 0):.1f} | "
+              f"{lo['cpu_s']:.1f} / {ra['cpu_s']:.1f} | "
               f"{lo['peak_mb']:.0f} / {ra['peak_mb']:.0f} |")
 
 

@@ -74,17 +74,12 @@ class _Failure:
 class _Worker:
     """A pool actor: the stage state set once, then ``fn(task)`` for each task it is sent."""
 
-    def __init__(self, fn: Callable[[Any], Any], state_box: list[Any], version: str):
-        import ray
-
+    def __init__(self, fn: Callable[[Any], Any], state: dict[str, Any], version: str):
         from pipeline import __version__
         from pipeline.runner import _init_worker
 
         self.fn, self.failure = fn, None
         try:
-            # Boxed: a reference passed bare is resolved before the constructor runs, and
-            # Ray then warns on every actor that a restart needs it (the driver keeps it).
-            state = ray.get(state_box[0])
             if version != __version__:
                 import socket
 
@@ -180,6 +175,11 @@ class RayEngine:
                 kwargs["num_cpus"] = self.num_cpus
             if self.address == LOCAL:
                 self._env = _session_token()
+                # Workers import this process's code, wherever it was imported from (Ray
+                # puts only the driver's working directory on their path).
+                root = str(Path(__file__).resolve().parents[1])
+                path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+                kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
             try:
                 ray.init(address=self.address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as e:
@@ -236,7 +236,9 @@ class RayEngine:
         size = min(len(tasks), self.workers or workers or self.cluster_cpus())
         worker = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(_Worker)
         state_ref = ray.put(_ship(state))  # once in the object store, shared by the actors
-        actors = [worker.remote(fn, [state_ref], __version__) for _ in range(size)]
+        # Ray logs, once per actor, that a restart needs the state's object: the driver holds
+        # it until the pool is gone (boxing the reference in a list did not silence it).
+        actors = [worker.remote(fn, state_ref, __version__) for _ in range(size)]
         try:
             self.actor_pids = ray.get([a.pid.remote() for a in actors])
             yield from self._ordered(actors, tasks)
