@@ -77,6 +77,13 @@ class LsunSource:
             state["_keys"] = None
         return state
 
+    def with_key_list(self) -> LsunSource:
+        """A copy whose pickles carry the key list: for workers on other machines, which
+        share no key cache and would otherwise rescan the database."""
+        shipped = object.__new__(LsunSource)
+        shipped.__dict__.update(self.__dict__, _keys=self.keys, ship_keys=True)
+        return shipped
+
     @property
     def keys(self) -> list[tuple[np.ndarray, np.ndarray]]:
         if self._keys is None:

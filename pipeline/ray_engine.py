@@ -86,9 +86,6 @@ class _Worker:
                 raise UserError(f"a Ray worker on {socket.gethostname()} runs dcgan-curate "
                                 f"{__version__}, the driver {version}: install the same "
                                 "version on every node")
-            for value in state.values():
-                if getattr(value, "ship_keys", False):  # the key list travelled: no rescan
-                    value.ship_keys = False
             _init_worker(state)
         except Exception as e:  # reported by the first task, as our own one-line error
             self.failure = _Failure(e)
@@ -129,15 +126,10 @@ def _session_token() -> dict[str, str | None]:
 
 
 def _ship(state: dict[str, Any]) -> dict[str, Any]:
-    """The state as workers get it: LSUN sources carry their key list (``LsunSource.ship_keys``),
-    so no node rebuilds it by scanning the database (nodes share no key cache)."""
-    out = {}
-    for name, value in state.items():
-        if hasattr(value, "ship_keys"):
-            value = copy.copy(value)
-            value.ship_keys = True
-        out[name] = value
-    return out
+    """The state as workers get it: LSUN sources carry their key list
+    (``LsunSource.with_key_list``), so no node rebuilds it by scanning the database."""
+    return {name: value.with_key_list() if hasattr(value, "with_key_list") else value
+            for name, value in state.items()}
 
 
 class RayEngine:
@@ -146,9 +138,9 @@ class RayEngine:
     ``address``: None or ``"local"`` starts a private Ray on this machine, shut down on
     ``close``; ``"auto"`` joins the cluster that ``ray start`` runs here; ``"host:port"`` joins
     that head node. A Ray already initialized in this process is used as it is.
-    ``workers``: actors per pool (0: the ``workers`` the stage asks for, else one per CPU of
-    the cluster). ``ahead``: tasks in flight per actor (bounds the results waiting for the
-    driver: ``ahead * workers`` chunks).
+    ``workers``: actors per pool (0: one per CPU of the cluster). ``ahead``: tasks in flight
+    per actor (bounds the results waiting for the driver: ``ahead * workers`` chunks).
+    ``num_cpus``: CPUs of a private Ray (default: all of this machine's).
     """
 
     def __init__(self, address: str | None = None, workers: int = 0, ahead: int = 2,
@@ -212,15 +204,20 @@ class RayEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def cluster_cpus(self) -> int:
-        return max(1, int(self.start().ray.cluster_resources().get("CPU", 1)))
+    def pool_size(self, tasks: int) -> int:
+        """Actors for ``tasks`` tasks: ``workers``, else one per CPU of the cluster."""
+        cpus = int(self.start().ray.cluster_resources().get("CPU", 1))
+        return max(1, min(tasks, self.workers or cpus))
 
     # -- mapping -----------------------------------------------------------------------------
     def run_ordered(self, fn: Callable[[Any], Any], tasks: Iterable[Any],
                     state: dict[str, Any], workers: int = 0,
                     threads: bool = False) -> Iterator[Any]:
         """Yield ``fn(task)`` for each task, in order, computed by Ray actors: a drop-in for
-        ``runner.run_ordered`` (``threads`` is ignored: an actor runs one task at a time).
+        ``runner.run_ordered``. ``workers`` and ``threads`` are ignored: the pool has
+        ``RayEngine.workers`` actors, else one per CPU of the cluster (the stage's default,
+        one per local core, says nothing about a cluster), at most one per task, and an
+        actor runs one task at a time.
 
         A worker that dies is restarted and its tasks rerun by Ray; an error raised by ``fn``
         is raised here as the same exception; a failure of Ray itself is a ``UserError``. On
@@ -233,7 +230,7 @@ class RayEngine:
         if not tasks:
             return
         ray = self.start().ray
-        size = min(len(tasks), self.workers or workers or self.cluster_cpus())
+        size = self.pool_size(len(tasks))
         worker = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(_Worker)
         state_ref = ray.put(_ship(state))  # once in the object store, shared by the actors
         # Ray logs, once per actor, that a restart needs the state's object: the driver holds
@@ -288,7 +285,7 @@ class RayEngine:
 
     def run_parts(self, fn: Callable[[Any], Any], write: Callable[[Any, Any], int],
                   tasks: Iterable[tuple[int, int]], state: dict[str, Any], parts: str | Path,
-                  arrays: dict[str, tuple[int, ...]], workers: int = 0) -> Iterator[str]:
+                  arrays: dict[str, tuple[int, ...]]) -> Iterator[str]:
         """Like ``run_ordered``, but each actor writes its task's result itself, with the
         stage's ``write``, as a part (a dataset directory) under ``parts``, a folder every
         node and the driver share; yields the parts' paths in task order, for ``merge_part``.
@@ -298,11 +295,10 @@ class RayEngine:
         """
         Path(parts).mkdir(parents=True, exist_ok=True)
         state = {**state, "part": (fn, write, str(Path(parts).resolve()), dict(arrays))}
-        yield from self.run_ordered(write_part, tasks, state, workers)
+        yield from self.run_ordered(write_part, tasks, state)
 
     # -- dedup codes --------------------------------------------------------------------------
-    def encode_thumbs(self, model: Any, thumbs: np.ndarray | str | Path,
-                      workers: int = 0) -> np.ndarray:
+    def encode_thumbs(self, model: Any, thumbs: np.ndarray | str | Path) -> np.ndarray:
         """``autoencoder.encode_thumbs`` on the actor pool: (N, 32, 32, 3) uint8 thumbnails
         (an array, or the path of a ``thumbs.npy`` every node can read) to (N, code_bits)
         float32 activations, encoded in the same ``ENCODE_BATCH`` batches as in-process."""
@@ -317,7 +313,7 @@ class RayEngine:
         tasks = [(s, min(n, s + ENCODE_BATCH)) for s in range(0, n, ENCODE_BATCH)]
         out = np.empty((n, model.code_bits), np.float32)
         for (a, b), acts in zip(tasks, self.run_ordered(
-                _encode_range, tasks, {"model": model, "thumbs": source}, workers)):
+                _encode_range, tasks, {"model": model, "thumbs": source})):
             out[a:b] = acts
         return out
 

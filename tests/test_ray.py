@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import pipeline.runner
 import pipeline.stage
 from pipeline.dataset import Dataset, DatasetWriter
 from pipeline.errors import UserError
@@ -61,7 +62,7 @@ def _stats(path: Path) -> dict:
 def test_extract_on_ray_writes_the_same_bytes(lsun_db, tmp_path, on_ray):
     src = LsunSource([lsun_db])
     with pytest.MonkeyPatch.context() as m:  # the local engine, threads
-        m.setattr(pipeline.stage, "run_ordered", __import__("pipeline.runner").runner.run_ordered)
+        m.setattr(pipeline.stage, "run_ordered", pipeline.runner.run_ordered)
         extract(src, tmp_path / "local", ExtractConfig(workers=2, chunk=4), progress=False)
     stats = extract(src, tmp_path / "ray", ExtractConfig(workers=2, chunk=4), progress=False)
     assert stats["read"] == 30 and stats["kept"] == 25 and stats["dropped"] == {"corrupt": 5}
@@ -199,7 +200,7 @@ def test_faces_on_ray_write_the_same_bytes(tmp_path, on_ray):
     stats = detect_faces(open_source(src), tmp_path / "ray", config, progress=False)
     assert stats["kept"] == 1 and stats["dropped"]["corrupt"] == 1
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(pipeline.stage, "run_ordered", __import__("pipeline.runner").runner.run_ordered)
+        m.setattr(pipeline.stage, "run_ordered", pipeline.runner.run_ordered)
         detect_faces(open_source(src), tmp_path / "local", config, progress=False)
     _same_files(tmp_path / "local", tmp_path / "ray")
     assert (tmp_path / "ray" / "kept.png").read_bytes() == \
@@ -270,3 +271,21 @@ def test_ray_is_imported_only_by_the_engine_and_its_absence_is_one_line():
                          cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout == '--engine ray needs Ray, an optional extra: pip install -e ".[ray]"\n'
+
+
+def _key_list_arrived(task: tuple[int, int]) -> bool:
+    return pipeline.runner.worker_state()["source"]._keys is not None
+
+
+def test_lsun_sources_travel_with_their_key_list(lsun_db, engine):
+    """Ray workers get the driver's key list (machines share no key cache: they would
+    rescan the database); pickles for this machine's process pool still leave it out."""
+    import pickle
+
+    src = LsunSource([lsun_db])
+    assert pickle.loads(pickle.dumps(src))._keys is None
+    shipped = pickle.loads(pickle.dumps(src.with_key_list()))
+    assert shipped._keys is not None and not src.ship_keys
+    assert [shipped.key_bytes(i) for i in range(30)] == [src.key_bytes(i) for i in range(30)]
+    assert all(engine.run_ordered(_key_list_arrived, [(0, 1), (1, 2)], {"source": src}))
+
