@@ -158,6 +158,25 @@ def test_errors_in_our_code_reach_the_driver_as_themselves(lsun_db, tmp_path, on
                 ExtractConfig(chunk=4), progress=False)
 
 
+def _missing_on_this_node():
+    raise FileNotFoundError("a module or file this node lacks")
+
+
+class _Unloadable:
+    """Pickles on the driver, fails to load on a worker (as a missing install would)."""
+
+    def __reduce__(self):
+        return _missing_on_this_node, ()
+
+
+def test_a_pool_that_cannot_start_is_one_line(engine):
+    """Actors that die while starting (here: their state cannot be loaded) stop the run
+    with a one-line ``UserError``, not a hang or a Ray traceback."""
+    with pytest.raises(UserError, match="the Ray cluster failed") as e:
+        list(engine.run_ordered(prepare_chunk, [(0, 1)], {"bad": _Unloadable()}))
+    assert "\n" not in str(e.value)
+
+
 def test_interrupted_driver_resumes_to_the_same_bytes(lsun_db, tmp_path, on_ray, monkeypatch):
     """Ctrl-C in the driver mid-run stops the actors; the rerun resumes from the checkpoint
     and gives the bytes of an uninterrupted local run."""
