@@ -263,9 +263,11 @@ def test_dedup_codes_on_ray_equal_in_process_codes(data32, engine, monkeypatch, 
     thumbs = np.ascontiguousarray(Dataset(data32).array("thumbs"))
     model = train_autoencoder(thumbs, AutoencoderConfig(steps=8), device="cpu",
                               progress=False)
-    monkeypatch.setattr(ae, "ENCODE_BATCH", 16)  # several batches over both actors
+    monkeypatch.setattr(ae, "ENCODE_BATCH", 16)  # several batches, over two actors below
     local = ae.encode_thumbs(model, thumbs)
-    assert np.array_equal(engine.encode_thumbs(model, thumbs), local)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(engine, "workers", 1)  # one actor (each one imports torch: seconds)
+        assert np.array_equal(engine.encode_thumbs(model, thumbs), local)
     acts = engine.encode_thumbs(model, data32 / "thumbs.npy")
     assert np.array_equal(acts, local)
     codes, keys = hash_thumbs(model, thumbs, acts)
@@ -274,11 +276,11 @@ def test_dedup_codes_on_ray_equal_in_process_codes(data32, engine, monkeypatch, 
 
 
 def test_ray_is_imported_only_by_the_engine_and_its_absence_is_one_line():
-    """``import pipeline`` and the engine module leave Ray unloaded; without Ray installed,
+    """``import pipeline``, ``cli`` and the engine module leave Ray unloaded; without Ray installed,
     starting the engine is a one-line error naming the extra."""
     code = (
         "import sys\n"
-        "import pipeline.extract, pipeline.faces, pipeline.ray_engine\n"
+        "import cli, pipeline.extract, pipeline.faces, pipeline.ray_engine\n"
         "assert 'ray' not in sys.modules, 'ray imported'\n"
         "sys.modules['ray'] = None  # as if not installed\n"
         "from pipeline.errors import UserError\n"
