@@ -69,12 +69,22 @@ class LsunSource:
     def paths(self) -> list[Path]:
         return list(self.databases)
 
+    ship_keys = False  # pickles carry the key list (for nodes that share no key cache)
+
     def __getstate__(self) -> dict:
-        # Workers reload the key list from the cache (memory-mapped, shared) instead of
-        # receiving a pickled copy of it.
+        # Workers on this machine reload the key list from the cache (memory-mapped, shared)
+        # instead of receiving a pickled copy of it.
         state = dict(self.__dict__)
-        state["_keys"] = None
+        if not self.ship_keys:
+            state["_keys"] = None
         return state
+
+    def with_key_list(self) -> LsunSource:
+        """A copy whose pickles carry the key list: for workers on other machines, which
+        share no key cache and would otherwise rescan the database."""
+        shipped = object.__new__(LsunSource)
+        shipped.__dict__.update(self.__dict__, _keys=self.keys, ship_keys=True)
+        return shipped
 
     @property
     def keys(self) -> list[tuple[np.ndarray, np.ndarray]]:
