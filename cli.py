@@ -55,6 +55,12 @@ WorkersOpt = typer.Option(0, "--workers", "-j", min=0,
                           help="Parallel workers; 0 = one per core. extract decodes in "
                           "threads (processes beyond 8); detect-faces and dedup lsun use "
                           "processes.")
+EngineOpt = typer.Option("local", "--engine", help="Where the per-record work runs: local "
+                        "(this machine's threads and processes) or ray (a Ray cluster: "
+                        "pip install -e \".[ray]\"; the output is the same).")
+RayAddressOpt = typer.Option(None, "--ray-address", help="With --engine ray: a Ray head to "
+                             "join (host:port, or auto for the cluster `ray start` runs "
+                             "here); default: start a private Ray on this machine.")
 OverwriteOpt = typer.Option(False, "--overwrite",
                             help="Replace a finished dataset in --out made with other "
                             "settings or inputs (only files this tool wrote there).")
@@ -112,6 +118,8 @@ def extract_lsun(
     resolution: int = typer.Option(64, min=8, help="Side of the stored square crops."),
     limit: int | None = typer.Option(None, min=1, help="Only the first N records."),
     workers: int = WorkersOpt,
+    engine: str = EngineOpt,
+    ray_address: str | None = RayAddressOpt,
     rank: int = typer.Option(0, min=0, help="Shard index (with --world-size)."),
     world_size: int = typer.Option(1, min=1, help="Number of shards to split the source in."),
     overwrite: bool = OverwriteOpt,
@@ -124,6 +132,7 @@ def extract_lsun(
     """
     from pipeline.extract import ExtractConfig, extract
     from pipeline.lsun import LsunSource, resolve_databases
+    from pipeline.stage import open_engine
 
     setup_logging(quiet)
     config = ExtractConfig(resolution=resolution, workers=workers, rank=rank,
@@ -134,7 +143,9 @@ def extract_lsun(
                      **_plain(config)})
         return
     source = LsunSource(dbs, limit=limit)
-    summarize(extract(source, out, config, overwrite=overwrite, progress=not quiet), quiet)
+    with open_engine(engine, ray_address, workers) as eng:
+        summarize(extract(source, out, config, overwrite=overwrite, progress=not quiet,
+                          engine=eng), quiet)
 
 
 @extract_app.command("images")
@@ -145,6 +156,8 @@ def extract_images(
     resolution: int = typer.Option(64, min=8, help="Side of the stored square crops."),
     limit: int | None = typer.Option(None, min=1, help="Only the first N files."),
     workers: int = WorkersOpt,
+    engine: str = EngineOpt,
+    ray_address: str | None = RayAddressOpt,
     overwrite: bool = OverwriteOpt,
     dry_run: bool = DryRunOpt,
     quiet: bool = QuietOpt,
@@ -155,6 +168,7 @@ def extract_images(
     """
     from pipeline.extract import ExtractConfig, extract
     from pipeline.sources import FolderSource
+    from pipeline.stage import open_engine
 
     setup_logging(quiet)
     config = ExtractConfig(resolution=resolution, workers=workers)
@@ -165,7 +179,9 @@ def extract_images(
     source = FolderSource(folder, limit=limit)
     if len(source) == 0:
         raise UserError(f"no images (JPEG, PNG, WebP, BMP, TIFF) under {folder}")
-    summarize(extract(source, out, config, overwrite=overwrite, progress=not quiet), quiet)
+    with open_engine(engine, ray_address, workers) as eng:
+        summarize(extract(source, out, config, overwrite=overwrite, progress=not quiet,
+                          engine=eng), quiet)
 
 
 @app.command("demo", short_help="Every stage end to end on photos that ship with packages.")
@@ -219,6 +235,8 @@ def detect_faces_cmd(
                               "turned 15 degrees for tilted heads (about 2x the time)."),
     limit: int | None = typer.Option(None, min=1, help="Only the first N photos."),
     workers: int = WorkersOpt,
+    engine: str = EngineOpt,
+    ray_address: str | None = RayAddressOpt,
     overwrite: bool = OverwriteOpt,
     dry_run: bool = DryRunOpt,
     quiet: bool = QuietOpt,
@@ -230,6 +248,7 @@ def detect_faces_cmd(
     from pipeline.face_detectors import DetectorSpec
     from pipeline.faces import PHOTO_REASONS, FacesConfig, detect_faces
     from pipeline.sources import open_source
+    from pipeline.stage import open_engine
 
     setup_logging(quiet)
     config = FacesConfig(
@@ -241,8 +260,9 @@ def detect_faces_cmd(
         echo_config({"src": src, "limit": limit, "out": out, "overwrite": overwrite,
                      **_plain(config), "detector": _plain(config.detector_spec())})
         return
-    r = detect_faces(open_source(src, limit=limit), out, config, overwrite=overwrite,
-                     progress=not quiet)
+    with open_engine(engine, ray_address, workers) as eng:
+        r = detect_faces(open_source(src, limit=limit), out, config, overwrite=overwrite,
+                         progress=not quiet, engine=eng)
     if quiet:
         return
     if r.skipped:
@@ -285,6 +305,8 @@ def dedup_cmd(
     resolution: int = typer.Option(64, min=8, help="With lsun: side of the stored crops."),
     limit: int | None = typer.Option(None, min=1, help="Only the first N records/items."),
     workers: int = WorkersOpt,
+    engine: str = EngineOpt,
+    ray_address: str | None = RayAddressOpt,
     overwrite: bool = OverwriteOpt,
     dry_run: bool = DryRunOpt,
     quiet: bool = QuietOpt,
@@ -296,6 +318,7 @@ def dedup_cmd(
     """
     from pipeline.dedup.search import SearchConfig
     from pipeline.dedup.stage import DedupConfig, dedup, dedup_lsun
+    from pipeline.stage import open_engine
 
     setup_logging(quiet)
     is_lsun = sources[0] == "lsun"
@@ -320,14 +343,17 @@ def dedup_cmd(
             echo_config({"databases": dbs, "limit": limit, "out": out, "overwrite": overwrite,
                          "extract": _plain(ext), **_plain(config)})
             return
-        r = dedup_lsun(LsunSource(dbs, limit=limit), out, config, ext, overwrite=overwrite,
-                       progress=not quiet)
+        with open_engine(engine, ray_address, workers) as eng:
+            r = dedup_lsun(LsunSource(dbs, limit=limit), out, config, ext,
+                           overwrite=overwrite, progress=not quiet, engine=eng)
     else:
         if dry_run:
             echo_config({"dataset": sources[0], "out": out, "overwrite": overwrite,
                          **_plain(config)})
             return
-        r = dedup(Path(sources[0]), out, config, overwrite=overwrite, progress=not quiet)
+        with open_engine(engine, ray_address, workers) as eng:
+            r = dedup(Path(sources[0]), out, config, overwrite=overwrite,
+                      progress=not quiet, engine=eng)
     if quiet:
         return
     if r.skipped:

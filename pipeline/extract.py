@@ -11,6 +11,7 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,13 +77,14 @@ def prepare_chunk(task: tuple[int, int]) -> Chunk:
 
 
 def extract(source: Source, out: str | Path, config: ExtractConfig = ExtractConfig(), *,
-            overwrite: bool = False, progress: bool = True, threads: bool = True
-            ) -> StageResult:
+            overwrite: bool = False, progress: bool = True, threads: bool = True,
+            engine: Any = None) -> StageResult:
     """Write ``source`` as a dataset directory at ``out``.
 
     A rerun with the same source and config does nothing; an interrupted run resumes.
     ``threads``: decode in threads of this process (no pool to start), else in worker
-    processes, which leave this process's GIL to other work running meanwhile.
+    processes, which leave this process's GIL to other work running meanwhile. ``engine``:
+    a Ray engine (``stage.open_engine``) to decode on instead; the output is the same.
     """
     if isinstance(source, DatasetSource):
         raise UserError(f"{source.paths[0]} is already a dataset directory: extraction "
@@ -96,7 +98,7 @@ def extract(source: Source, out: str | Path, config: ExtractConfig = ExtractConf
             workers = run_stage(writer, prepare_chunk, write_chunk,
                                 {"source": source, "resolution": res}, len(source), config,
                                 desc="extract", unit="img", progress=progress,
-                                threads=threads)
+                                threads=threads, engine=engine, parts=True)
             writer.finish(workers=workers)
     result = writer.result
     if result.kept == 0 and result.read:

@@ -193,10 +193,13 @@ def detect_chunk(task: tuple[int, int]) -> list[PhotoResult]:
 
 # -- the stage ----------------------------------------------------------------------------
 def detect_faces(source: Source, out: str | Path, config: FacesConfig = FacesConfig(), *,
-                 overwrite: bool = False, progress: bool = True) -> StageResult:
+                 overwrite: bool = False, progress: bool = True,
+                 engine: Any = None) -> StageResult:
     """Write the faces found in ``source`` as a dataset directory at ``out``.
 
     A rerun with the same source and config does nothing; an interrupted run resumes.
+    ``engine``: a Ray engine to detect on (results come back here: the contact sheets are
+    drawn from them).
     """
     res = config.resolution
     with DatasetWriter(out, "faces", config.identity(),
@@ -215,7 +218,7 @@ def detect_faces(source: Source, out: str | Path, config: FacesConfig = FacesCon
 
         workers = run_stage(writer, detect_chunk, write, {"source": source, "config": config},
                             len(source), config, desc="faces", unit="photo",
-                            progress=progress)
+                            progress=progress, engine=engine)
         sheets.save(writer)
         return writer.finish(workers=workers)
 

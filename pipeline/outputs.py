@@ -192,8 +192,7 @@ class OutputDir:
         if rel in (OWNER, LOCK) or self.owns(rel):
             return True
         m = _TMP.match(Path(rel).name)
-        return bool(m) and not is_dir and self.owns(str(Path(rel).parent / m["name"])
-                                                    .removeprefix("./"))
+        return bool(m) and self.owns(str(Path(rel).parent / m["name"]).removeprefix("./"))
 
     def foreign(self) -> list[str]:
         """Paths under the folder that the tool did not write (nested outputs of this tool,
@@ -215,23 +214,14 @@ class OutputDir:
         if not self.owns(name):
             raise ValueError(f"{name!r} is not a file this tool wrote here")
         path = self.root / name.rstrip("/")
-        if path.is_dir() and not path.is_symlink():
-            nested = _nested(path)
-            if nested is not None:
-                with nested:
-                    nested.clear()
-                    if not nested.foreign():  # then the folder is wholly ours: its list too
-                        (path / OWNER).unlink()
-                        (path / LOCK).unlink()
-            else:
-                for sub in sorted(self._owned, reverse=True):
-                    if sub.startswith(name.rstrip("/") + "/"):
-                        self.remove(sub)
+        if path.is_dir() and not path.is_symlink() and _nested(path) is None:
+            for sub in sorted(self._owned, reverse=True):
+                if sub.startswith(name.rstrip("/") + "/"):
+                    self.remove(sub)
             with contextlib.suppress(OSError):
                 path.rmdir()  # only when nothing foreign is left in it
         else:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            _remove_listed(path)
 
     def clear(self, keep: Iterable[str] = ()) -> None:
         """Delete every listed file except those under ``keep`` (top-level names)."""
@@ -252,21 +242,40 @@ class OutputDir:
         so no writer of ours is using them)."""
         for dirpath, dirnames, filenames in os.walk(self.root):
             rel_dir = os.path.relpath(dirpath, self.root)
+            dirnames_all = list(dirnames)
             dirnames[:] = [d for d in dirnames
                            if self.owns(os.path.normpath(os.path.join(rel_dir, d)) + "/")
                            and not (Path(dirpath) / d / OWNER).exists()]
-            for fn in filenames:
+            for fn in filenames + dirnames_all:
                 m = _TMP.match(fn)
                 rel = os.path.normpath(os.path.join(rel_dir, m["name"])) if m else ""
                 if m and self.owns(rel):
-                    with contextlib.suppress(FileNotFoundError):
-                        (Path(dirpath) / fn).unlink()
+                    with contextlib.suppress(UserError):  # a writer still at work in it
+                        _remove_listed(Path(dirpath) / fn)
 
 
 def _safe(name: str) -> bool:
     parts = name.rstrip("/").split("/")
     return bool(name) and not name.startswith("/") and all(p not in ("", ".", "..")
                                                               for p in parts)
+
+
+def _remove_listed(path: Path) -> None:
+    """Delete a file, or a nested output of this tool (its own listed files, then its list
+    and lock, then the folder when nothing foreign is left in it)."""
+    nested = _nested(path) if path.is_dir() and not path.is_symlink() else None
+    if nested is None:
+        if not path.is_dir() or path.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return
+    with nested:
+        nested.clear()
+        if not nested.foreign():  # then the folder is wholly ours: its list too
+            (path / OWNER).unlink()
+            (path / LOCK).unlink()
+    with contextlib.suppress(OSError):
+        path.rmdir()
 
 
 def _nested(path: Path) -> OutputDir | None:

@@ -204,6 +204,12 @@ class RayEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def cluster(self) -> bool:
+        """Whether this engine joins a cluster (other machines: results go through parts on
+        shared storage) rather than a private Ray on this machine."""
+        return self.address != LOCAL
+
     def pool_size(self, tasks: int) -> int:
         """Actors for ``tasks`` tasks: ``workers``, else one per CPU of the cluster."""
         cpus = int(self.start().ray.cluster_resources().get("CPU", 1))
@@ -284,18 +290,30 @@ class RayEngine:
             yield result
 
     def run_parts(self, fn: Callable[[Any], Any], write: Callable[[Any, Any], int],
-                  tasks: Iterable[tuple[int, int]], state: dict[str, Any], parts: str | Path,
-                  arrays: dict[str, tuple[int, ...]]) -> Iterator[str]:
+                  tasks: Iterable[tuple[int, int]], state: dict[str, Any],
+                  writer: Any) -> Iterator[str]:
         """Like ``run_ordered``, but each actor writes its task's result itself, with the
-        stage's ``write``, as a part (a dataset directory) under ``parts``, a folder every
-        node and the driver share; yields the parts' paths in task order, for ``merge_part``.
+        stage's ``write``, as a part (a dataset directory) in ``parts/`` of the output, which
+        every node and the driver share; yields the parts' paths in task order, for
+        ``merge_part``, and removes each part once the next one is asked for (merged).
 
         Results then never travel through the driver's memory or the object store; a
         rerun finds the parts that finished (``write_part``).
         """
-        Path(parts).mkdir(parents=True, exist_ok=True)
-        state = {**state, "part": (fn, write, str(Path(parts).resolve()), dict(arrays))}
-        yield from self.run_ordered(write_part, tasks, state)
+        from pipeline.outputs import OutputDir
+
+        tasks = list(tasks)
+        root = writer.out.own(PARTS + "/")
+        of = _digest(writer.identity)
+        with OutputDir(root, "parts") as held:
+            for t in tasks:  # every part is listed as the tool's before an actor writes it
+                held.own(part_name(t) + "/")
+            state = {**state, "part": (fn, write, str(root.resolve()), writer.arrays_spec,
+                                       writer.columns, of)}
+            for task, path in zip(tasks, self.run_ordered(write_part, tasks, state)):
+                yield path
+                held.remove(part_name(task) + "/")
+        writer.out.remove(PARTS + "/")
 
     # -- dedup codes --------------------------------------------------------------------------
     def encode_thumbs(self, model: Any, thumbs: np.ndarray | str | Path) -> np.ndarray:
@@ -329,9 +347,19 @@ def _encode_range(task: tuple[int, int]) -> np.ndarray:
 
 
 # -- parts on shared storage ------------------------------------------------------------------
+PARTS = "parts"  # the folder of an output where actors write their parts
+
+
 def part_name(task: tuple[int, int]) -> str:
-    """The folder name of a task's part: its range, so a rerun finds it whatever the order."""
+    """The part of the records ``start..stop-1``."""
     return f"part-{task[0]:012d}-{task[1]:012d}"
+
+
+def _digest(obj: Any) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def write_part(task: tuple[int, int]) -> str:
@@ -339,42 +367,58 @@ def write_part(task: tuple[int, int]) -> str:
     the stage's own ``write``; the task function of ``RayEngine.run_parts``.
 
     Idempotent, as Ray may run a task twice (a worker presumed dead, a rerun): a finished
-    part is returned as it is; each attempt writes under its own temporary name and renames
-    it into place, and an attempt that finds the place taken removes its own copy.
+    part of this very stage is returned as it is; each attempt writes under its own
+    temporary name and renames it into place, and an attempt that finds the place taken
+    removes its own copy.
     """
-    import shutil
-    import uuid
+    import secrets
 
-    from pipeline.dataset import MARKER, DatasetWriter
+    from pipeline.dataset import Dataset, DatasetWriter, is_dataset
 
-    fn, write, root, arrays = worker_state()["part"]
+    fn, write, root, arrays, columns, of = worker_state()["part"]
     final = Path(root) / part_name(task)
-    if (final / MARKER).exists():
+    identity = {"task": list(task), "of": of}
+    if is_dataset(final) and Dataset(final).config.get("config") == identity:
         return str(final)
     result = fn(task)
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}")
+    tmp = final.with_name(f".{final.name}.tmp{secrets.randbelow(10**12)}")
     try:
-        writer = DatasetWriter(tmp, "part", {"task": list(task)}, arrays)
-        writer.advance(write(writer, result))
-        writer.finish()
+        with DatasetWriter(tmp, "part", identity, arrays, columns=columns) as w:
+            w.advance(write(w, result))
+            w.finish()
         try:
             os.rename(tmp, final)
         except OSError:
-            if not (final / MARKER).exists():
+            if not is_dataset(final):
                 raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # ours: renamed away, or another won
+        _remove_own(tmp)  # renamed away, or another attempt won
     return str(final)
+
+
+def _remove_own(path: Path) -> None:
+    """Delete a temporary part this attempt wrote (only files listed as the tool's)."""
+    from pipeline.outputs import LOCK, OWNER, OutputDir, owner_kind
+
+    if owner_kind(path) != "dataset":
+        return
+    with OutputDir(path, "dataset") as held:
+        held.clear()
+        if not held.foreign():
+            for name in (OWNER, LOCK):
+                (path / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.rmdir()
 
 
 def merge_part(writer: Any, part: str | Path) -> int:
     """Append a part to ``writer``: its kept items (pixels copied file to file), then its
-    drops file by file, in their order; returns the records the part covers (``advance``).
+    drops list by list, in their order; returns the records the part covers (``advance``).
 
     The manifest's ids are renumbered by ``writer`` and every other field is copied, so the
     merged directory has the bytes that writing the results directly would have given.
     """
-    from pipeline.dataset import MANIFEST, Dataset, read_jsonl
+    from pipeline.dataset import Dataset
 
     part = Dataset(part)
     rows = part.manifest
@@ -382,10 +426,8 @@ def merge_part(writer: Any, part: str | Path) -> int:
                      {name: part.array(name) for name in writer.arrays_spec},
                      np.arange(len(rows)),
                      [{k: v for k, v in r.items() if k not in ("id", "key")} for r in rows])
-    for path in sorted(part.root.glob("*.jsonl")):
-        if path.name == MANIFEST:
-            continue
-        for rec in read_jsonl(path):
+    for file in part.drop_files:
+        for rec in part.drops(file):
             rest = {k: v for k, v in rec.items() if k not in ("key", "reason")}
-            writer.drop(rec["key"], rec["reason"], file=path.stem, **rest)
-    return int(part.stats["read"])
+            writer.drop(rec["key"], rec["reason"], file=file, **rest)
+    return part.result(skipped=False).read

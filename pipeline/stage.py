@@ -76,22 +76,45 @@ def remaining_tasks(tasks: list[tuple[int, int]], position: int) -> list[tuple[i
     return todo
 
 
+def open_engine(engine: str = "local", address: str | None = None, workers: int = 0) -> Any:
+    """A context giving the engine a stage runs its per-record work on: None for this
+    machine's threads and processes, or a Ray session (``pipeline.ray_engine``)."""
+    if engine == "local":
+        return contextlib.nullcontext(None)
+    if engine == "ray":
+        from pipeline.ray_engine import RayEngine
+
+        return RayEngine(address, workers=workers)
+    raise UserError(f"engine must be local or ray (got {engine!r})", param="engine")
+
+
 def run_stage(writer: DatasetWriter, fn: Callable[[tuple[int, int]], Any],
               write: Callable[[DatasetWriter, Any], int], state: dict[str, Any], n: int,
               config: Parallelism, desc: str, unit: str, progress: bool = True,
-              threads: bool = False) -> int:
+              threads: bool = False, engine: Any = None, parts: bool = False) -> int:
     """Run ``fn`` on the records ``writer`` has not consumed yet and ``write`` each result,
     in order (``write`` returns how many records the result covers); returns the number of
-    workers (processes, or ``threads`` of this process: ``runner.run_ordered``). An error or
-    Ctrl-C leaves the writer to checkpoint (its context does)."""
+    workers. They are processes or ``threads`` of this process (``runner.run_ordered``), or
+    the actors of a Ray ``engine``; on a Ray cluster a stage whose ``write`` needs nothing but
+    the writer may have each actor write ``parts`` on the shared output, merged here in
+    order. An error or Ctrl-C leaves the writer to checkpoint (its context does)."""
     tasks = shard_tasks(n, config.chunk, config.rank, config.world_size)
     total = sum(b - a for a, b in tasks)
     todo = remaining_tasks(tasks, writer.position)
-    workers = config.workers or default_workers()
     bar = progress_bar(total, desc, unit, progress, initial=total - sum(b - a for a, b in todo))
+    if engine is None:
+        workers = min(config.workers or default_workers(), max(1, len(todo)))
+        results = run_ordered(fn, todo, state, workers, threads)
+    else:
+        workers = engine.pool_size(max(1, len(todo)))
+        if parts and engine.cluster:
+            from pipeline.ray_engine import merge_part
+
+            results, write = engine.run_parts(fn, write, todo, state, writer), merge_part
+        else:
+            results = engine.run_ordered(fn, todo, state)
     try:
-        for result in run_ordered(fn, todo, state, min(workers, max(1, len(todo))),
-                                  threads):
+        for result in results:
             consumed = write(writer, result)
             writer.advance(consumed)
             bar.update(consumed)
@@ -100,4 +123,6 @@ def run_stage(writer: DatasetWriter, fn: Callable[[tuple[int, int]], Any],
     finally:
         with contextlib.suppress(Exception):
             bar.close()
+        if hasattr(results, "close"):
+            results.close()  # a pool stops with the generator that drives it
     return workers

@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pipeline.runner
-import pipeline.stage
+from demo.samples import encode
 from pipeline.dataset import Dataset, DatasetWriter
 from pipeline.errors import UserError
 from pipeline.extract import ExtractConfig, extract, prepare_chunk
-from pipeline.faces import FacesConfig, detect_faces, open_source
+from pipeline.faces import FacesConfig, detect_faces
 from pipeline.lsun import LsunSource
-from pipeline.samples import encode
+from pipeline.sources import open_source
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ("images.npy", "thumbs.npy", "manifest.jsonl", "rejected.jsonl")
@@ -43,9 +42,8 @@ def engine():
 
 
 @pytest.fixture
-def on_ray(engine, monkeypatch):
-    """Stages map their chunks on the Ray engine (stand-in for the stages' ``engine`` option)."""
-    monkeypatch.setattr(pipeline.stage, "run_ordered", engine.run_ordered)
+def on_ray(engine):
+    """The engine the stages are given (``engine=``, as ``--engine ray`` does)."""
     return engine
 
 
@@ -61,11 +59,11 @@ def _stats(path: Path) -> dict:
 
 def test_extract_on_ray_writes_the_same_bytes(lsun_db, tmp_path, on_ray):
     src = LsunSource([lsun_db])
-    with pytest.MonkeyPatch.context() as m:  # the local engine, threads
-        m.setattr(pipeline.stage, "run_ordered", pipeline.runner.run_ordered)
-        extract(src, tmp_path / "local", ExtractConfig(workers=2, chunk=4), progress=False)
-    stats = extract(src, tmp_path / "ray", ExtractConfig(workers=2, chunk=4), progress=False)
-    assert stats["read"] == 30 and stats["kept"] == 25 and stats["dropped"] == {"corrupt": 5}
+    # the local engine, threads
+    extract(src, tmp_path / "local", ExtractConfig(workers=2, chunk=4), progress=False)
+    r = extract(src, tmp_path / "ray", ExtractConfig(workers=2, chunk=4), progress=False,
+                engine=on_ray)
+    assert r.read == 30 and r.kept == 25 and r.dropped == {"corrupt": 5}
     _same_files(tmp_path / "local", tmp_path / "ray")
     assert _stats(tmp_path / "local") == _stats(tmp_path / "ray")
 
@@ -103,10 +101,11 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(lsun_db, tmp_path, on_ra
     src = LsunSource([lsun_db])
     extract(src, tmp_path / "local", ExtractConfig(workers=1, chunk=2), progress=False)
     killed = []
+    real = on_ray.run_ordered
 
-    def run_and_kill(fn, tasks, state, workers, threads=False):
+    def run_and_kill(fn, tasks, state, workers=0, threads=False):
         tasks = list(tasks)
-        for i, result in enumerate(on_ray.run_ordered(_slowly, tasks, state, workers)):
+        for i, result in enumerate(real(_slowly, tasks, state, workers)):
             if i == 1:
                 pid = on_ray.actor_pids[0]
                 assert "ray::_Worker" in _descendants(os.getpid())[pid]  # ours, a Ray worker
@@ -115,10 +114,11 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(lsun_db, tmp_path, on_ra
                 killed.append(pid)
             yield result
 
-    monkeypatch.setattr(pipeline.stage, "run_ordered", run_and_kill)
-    stats = extract(src, tmp_path / "ray", ExtractConfig(workers=2, chunk=2), progress=False)
+    monkeypatch.setattr(on_ray, "run_ordered", run_and_kill)
+    r = extract(src, tmp_path / "ray", ExtractConfig(workers=2, chunk=2), progress=False,
+                engine=on_ray)
     assert killed and not Path(f"/proc/{killed[0]}").exists()
-    assert stats["read"] == 30 and stats["kept"] == 25
+    assert r.read == 30 and r.kept == 25
     _same_files(tmp_path / "local", tmp_path / "ray")
 
 
@@ -140,6 +140,10 @@ class _BrokenSource:
     def describe(self) -> dict:
         return {"kind": "broken", **self.inner.describe()}
 
+    @property
+    def paths(self) -> list[Path]:
+        return self.inner.paths
+
 
 def test_errors_in_our_code_reach_the_driver_as_themselves(lsun_db, tmp_path, on_ray):
     """A ``UserError`` raised on a worker is the same one-line ``UserError`` on the driver
@@ -148,14 +152,15 @@ def test_errors_in_our_code_reach_the_driver_as_themselves(lsun_db, tmp_path, on
     src = LsunSource([lsun_db])
     broken = _BrokenSource(src, 12, UserError("cannot open LSUN database x: gone"))
     with pytest.raises(UserError) as e:
-        extract(broken, tmp_path / "out", ExtractConfig(chunk=4), progress=False)
+        extract(broken, tmp_path / "out", ExtractConfig(chunk=4), progress=False,
+                engine=on_ray)
     assert str(e.value) == "cannot open LSUN database x: gone"
     assert "read_range" in str(e.value.__cause__)  # the worker's traceback, for -v users
     progress = json.loads((tmp_path / "out" / "progress.json").read_text())
     assert progress["position"] == 12  # the three chunks before the failing one
     with pytest.raises(ZeroDivisionError):
         extract(_BrokenSource(src, 4, ZeroDivisionError("bug")), tmp_path / "other",
-                ExtractConfig(chunk=4), progress=False)
+                ExtractConfig(chunk=4), progress=False, engine=on_ray)
 
 
 def _missing_on_this_node():
@@ -194,15 +199,15 @@ def test_interrupted_driver_resumes_to_the_same_bytes(lsun_db, tmp_path, on_ray,
     monkeypatch.setattr(DatasetWriter, "add_many", interrupt_on_third)
     out = tmp_path / "ray"
     with pytest.raises(KeyboardInterrupt):
-        extract(src, out, ExtractConfig(chunk=3), progress=False)
+        extract(src, out, ExtractConfig(chunk=3), progress=False, engine=on_ray)
     assert not (out / "COMPLETE").exists() and on_ray.actor_pids == []
     deadline = time.monotonic() + 30
     while any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(Path(f"/proc/{p}").exists() for p in pids)  # the pool was stopped
     monkeypatch.setattr(DatasetWriter, "add_many", real)
-    stats = extract(src, out, ExtractConfig(chunk=5), progress=False)
-    assert stats["read"] == 30 and stats["kept"] == 25
+    r = extract(src, out, ExtractConfig(chunk=5), progress=False, engine=on_ray)
+    assert r.read == 30 and r.kept == 25
     _same_files(tmp_path / "local", out)
 
 
@@ -216,40 +221,47 @@ def test_faces_on_ray_write_the_same_bytes(tmp_path, on_ray):
     jpeg = encode(data.coffee(), "jpeg", 90)
     (src / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     config = FacesConfig(min_size=64, workers=2, chunk=1)
-    stats = detect_faces(open_source(src), tmp_path / "ray", config, progress=False)
-    assert stats["kept"] == 1 and stats["dropped"]["corrupt"] == 1
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(pipeline.stage, "run_ordered", pipeline.runner.run_ordered)
-        detect_faces(open_source(src), tmp_path / "local", config, progress=False)
+    r = detect_faces(open_source(src), tmp_path / "ray", config, progress=False,
+                     engine=on_ray)
+    assert r.kept == 1 and r.dropped["corrupt"] == 1
+    detect_faces(open_source(src), tmp_path / "local", config, progress=False)
     _same_files(tmp_path / "local", tmp_path / "ray")
     assert (tmp_path / "ray" / "kept.png").read_bytes() == \
         (tmp_path / "local" / "kept.png").read_bytes()
 
 
-def test_parts_on_shared_storage_merge_to_the_same_bytes(lsun_db, tmp_path, engine):
-    """Actors write each range as a part (a dataset directory) on storage the driver shares;
-    the driver merges them in order into the bytes of a local run. A part finished by an
-    earlier, interrupted run is reused as it is; no temporary folder is left behind."""
-    from pipeline.extract import write_chunk
-    from pipeline.ray_engine import merge_part, part_name
-    from pipeline.stage import shard_tasks
+def test_parts_on_shared_storage_merge_to_the_same_bytes(lsun_db, tmp_path, engine,
+                                                          monkeypatch):
+    """Joined to a cluster, actors write each range as a part (a dataset directory) in the
+    shared output, and the driver merges them in order into the bytes of a local run; a
+    driver stopped midway resumes; the parts are gone once merged."""
+    from pipeline.ray_engine import PARTS, RayEngine
 
+    cluster = RayEngine(address="auto").start()  # joins the Ray this module runs
+    assert cluster.cluster and cluster.ray.is_initialized()
     src = LsunSource([lsun_db])
     config = ExtractConfig(chunk=4)
     extract(src, tmp_path / "local", config, progress=False)  # the local engine
-    parts, tasks = tmp_path / "shared" / "parts", shard_tasks(len(src), 4, 0, 1)
-    state, arrays = {"source": src, "resolution": 64}, {"images": (64, 64, 3),
-                                                        "thumbs": (32, 32, 3)}
-    [early] = engine.run_parts(prepare_chunk, write_chunk, tasks[2:3], state, parts, arrays)
-    stamp = (Path(early) / "COMPLETE").stat().st_mtime_ns
-    writer = DatasetWriter(tmp_path / "ray", "extract", config.identity(src), arrays)
-    for part in engine.run_parts(prepare_chunk, write_chunk, tasks, state, parts, arrays):
-        writer.advance(merge_part(writer, part))
-    stats = writer.finish()
-    assert stats["read"] == 30 and stats["kept"] == 25 and stats["dropped"] == {"corrupt": 5}
-    _same_files(tmp_path / "local", tmp_path / "ray")
-    assert (Path(early) / "COMPLETE").stat().st_mtime_ns == stamp
-    assert sorted(p.name for p in parts.iterdir()) == [part_name(t) for t in tasks]
+    out = tmp_path / "shared" / "ray"
+    real, calls = DatasetWriter.copy_many, []
+
+    def interrupt_on_third(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetWriter, "copy_many", interrupt_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        extract(src, out, config, progress=False, engine=cluster)
+    assert (out / PARTS).is_dir()  # finished parts wait for the rerun
+    monkeypatch.setattr(DatasetWriter, "copy_many", real)
+    r = extract(src, out, config, progress=False, engine=cluster)
+    assert r.read == 30 and r.kept == 25 and r.dropped == {"corrupt": 5}
+    _same_files(tmp_path / "local", out)
+    assert not (out / PARTS).exists() and not list(out.glob(".*tmp*"))
+    cluster.close()
+    assert engine.ray.is_initialized()  # a joined cluster keeps running
 
 
 def test_dedup_codes_on_ray_equal_in_process_codes(data32, engine, monkeypatch, one_torch_thread):
@@ -295,7 +307,9 @@ def test_ray_is_imported_only_by_the_engine_and_its_absence_is_one_line():
 
 
 def _key_list_arrived(task: tuple[int, int]) -> bool:
-    return pipeline.runner.worker_state()["source"]._keys is not None
+    from pipeline.runner import worker_state
+
+    return worker_state()["source"]._keys is not None
 
 
 def test_lsun_sources_travel_with_their_key_list(lsun_db, engine):
@@ -310,3 +324,37 @@ def test_lsun_sources_travel_with_their_key_list(lsun_db, engine):
     assert [shipped.key_bytes(i) for i in range(30)] == [src.key_bytes(i) for i in range(30)]
     assert all(engine.run_ordered(_key_list_arrived, [(0, 1), (1, 2)], {"source": src}))
 
+
+
+def test_dedup_on_ray_writes_the_same_bytes(data32, tmp_path, on_ray):
+    """With a given model every thumbnail is encoded: by the actors under the Ray engine,
+    in-process under the local one; the cleaned datasets are the same bytes."""
+    from pipeline.dedup.stage import DedupConfig, dedup
+
+    trained = dedup(data32, tmp_path / "trained", DedupConfig(epochs=1), progress=False)
+    model = str(trained.path / "hash" / "autoencoder.pt")
+    config = DedupConfig(model=model, device="cpu")
+    dedup(data32, tmp_path / "local", config, progress=False)
+    r = dedup(data32, tmp_path / "ray", config, progress=False, engine=on_ray)
+    assert r.extra["trained"] is False
+    _same_files(tmp_path / "local", tmp_path / "ray",
+                ("images.npy", "thumbs.npy", "manifest.jsonl"))
+    assert (tmp_path / "local" / "hash" / "codes.npy").read_bytes() == \
+        (tmp_path / "ray" / "hash" / "codes.npy").read_bytes()
+
+
+def test_cli_engine_ray(lsun_db, tmp_path):
+    """``--engine ray`` from the command line starts its own Ray and writes the bytes of
+    ``--engine local``; the engine is not part of the dataset's identity."""
+    def cli(*args):
+        return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+
+    r = cli("extract", "lsun", str(lsun_db), "--out", str(tmp_path / "ray"), "--engine", "ray",
+            "-j", "2", "-q")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert cli("extract", "lsun", str(lsun_db), "--out", str(tmp_path / "local"),
+               "-q").returncode == 0
+    _same_files(tmp_path / "local", tmp_path / "ray")
+    r = cli("extract", "lsun", str(lsun_db), "--out", str(tmp_path / "ray"))
+    assert r.returncode == 0 and "nothing to do" in r.stdout

@@ -70,7 +70,7 @@ class DedupConfig:
 
 
 def _hash(ds: Dataset, thumbs: np.ndarray, config: DedupConfig, writer: DatasetWriter,
-          progress: bool) -> tuple[np.ndarray, np.ndarray, dict]:
+          progress: bool, engine: Any) -> tuple[np.ndarray, np.ndarray, dict]:
     """Codes and keys of every item: from the cache, else trained/loaded model + encoding."""
     from pipeline.dedup.autoencoder import (
         FORMAT_VERSION,
@@ -108,6 +108,9 @@ def _hash(ds: Dataset, thumbs: np.ndarray, config: DedupConfig, writer: DatasetW
         model = model.to(device)
         trained = True
     t1 = time.perf_counter()
+    if acts is None and engine is not None:  # encoded by the engine's actors
+        on_disk = ds.array("thumbs").filename if engine.cluster else thumbs
+        acts = engine.encode_thumbs(model, on_disk)[:len(thumbs)]
     codes, keys = hash_thumbs(model, thumbs, acts)
     t2 = time.perf_counter()
     save_autoencoder(model, paths["autoencoder.pt"])
@@ -153,10 +156,12 @@ def _review_sheet(path: Path, pictures: np.ndarray, manifest: list[dict],
 
 
 def dedup(dataset: str | Path, out: str | Path, config: DedupConfig = DedupConfig(), *,
-          overwrite: bool = False, progress: bool = True) -> StageResult:
+          overwrite: bool = False, progress: bool = True, engine: Any = None) -> StageResult:
     """Remove near-duplicates from the dataset directory ``dataset`` into ``out``.
 
     A rerun with the same input and config does nothing; an interrupted run resumes.
+    ``engine``: a Ray engine whose actors encode the thumbnails; the model is trained and
+    the search runs here, over every code.
     """
     inputs = [dataset, *([config.model] if config.model else [])]
     check_separate(out, inputs)
@@ -165,7 +170,7 @@ def dedup(dataset: str | Path, out: str | Path, config: DedupConfig = DedupConfi
     with DatasetWriter(out, "dedup", config.identity(), _arrays(ds), lineage=[ds.identity()],
                        inputs=inputs, overwrite=overwrite, keep=(HASH_DIR,),
                        columns=ds.stats.get("columns")) as writer:
-        return writer.result if writer.done else _dedup(ds, writer, config, progress)
+        return writer.result if writer.done else _dedup(ds, writer, config, progress, engine)
 
 
 def _arrays(ds: Dataset) -> dict[str, tuple[int, ...]]:
@@ -191,15 +196,15 @@ def _check_trainable(n: int, config: DedupConfig) -> None:
                         f"least {MIN_TRAIN}, or a trained model", param="model")
 
 
-def _dedup(ds: Dataset, writer: DatasetWriter, config: DedupConfig,
-           progress: bool) -> StageResult:
+def _dedup(ds: Dataset, writer: DatasetWriter, config: DedupConfig, progress: bool,
+           engine: Any) -> StageResult:
     from pipeline.dedup.search import find_duplicates
 
     n = len(ds) if config.limit is None else min(config.limit, len(ds))
     sources = {k: ds.array(k) for k in ds.array_names}  # whole memory maps: copied file to file
     manifest = ds.manifest[:n]
     thumbs = np.ascontiguousarray(sources["thumbs"][:n])
-    codes, keys, meta = _hash(ds, thumbs, config, writer, progress)
+    codes, keys, meta = _hash(ds, thumbs, config, writer, progress, engine)
     t0 = time.perf_counter()
     result = find_duplicates(codes, keys, thumbs, config.search)
     t_search = time.perf_counter() - t0
@@ -271,8 +276,8 @@ def _warm_up_torch(device: str) -> threading.Thread:
 
 
 def dedup_lsun(source, out: str | Path, config: DedupConfig = DedupConfig(),
-               extract_config=None, *, overwrite: bool = False,
-               progress: bool = True) -> StageResult:
+               extract_config=None, *, overwrite: bool = False, progress: bool = True,
+               engine: Any = None) -> StageResult:
     """Extract an LSUN source once into ``out/extracted`` (cached, resumable), then dedup it.
 
     The whole run holds ``out``: the extraction is the tool's own nested dataset there.
@@ -294,13 +299,14 @@ def dedup_lsun(source, out: str | Path, config: DedupConfig = DedupConfig(),
         # Worker processes, not threads: the warm-up thread holds this process's GIL for
         # seconds at a time (module imports), which would stall decoding threads.
         try:
-            ext = extract(source, cache, extract_config, progress=progress, threads=False)
+            ext = extract(source, cache, extract_config, progress=progress, threads=False,
+                          engine=engine)
         except UserError as e:
             # A different extraction is replaced only when asked (it is the expensive part).
             if e.param != "overwrite" or not overwrite:
                 raise
             ext = extract(source, cache, extract_config, overwrite=True, progress=progress,
-                          threads=False)
+                          threads=False, engine=engine)
         warm.join()
         ds = Dataset(cache)
         _check_size(ds, config)
@@ -308,6 +314,7 @@ def dedup_lsun(source, out: str | Path, config: DedupConfig = DedupConfig(),
                            lineage=[ds.identity()], overwrite=overwrite,
                            keep=(HASH_DIR, EXTRACTED_DIR),
                            columns=ds.stats.get("columns")) as writer:
-            result = writer.result if writer.done else _dedup(ds, writer, config, progress)
+            result = writer.result if writer.done else _dedup(ds, writer, config, progress,
+                                                              engine)
     return replace(result, extra={**result.extra, "extract_seconds": ext.seconds,
                                   "extract_skipped": ext.skipped})
