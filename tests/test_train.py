@@ -19,7 +19,7 @@ from dcgan.checkpoint import (
 )
 from dcgan.data import DataOrder, Feed
 from dcgan.models import build_models
-from dcgan.train import Trainer, TrainingDiverged, resolve_config, train
+from dcgan.train import Trainer, TrainingDiverged, start_run, train
 from pipeline.dataset import Dataset
 from pipeline.errors import UserError
 
@@ -45,7 +45,8 @@ def test_resume_is_bit_exact(data32, tmp_path):
     r = train(data32, tmp_path / "full", full, progress=False)
     assert r["status"] == "finished" and r["step"] == 6 and r["speed"] == "eager"
     train(data32, tmp_path / "half", full.replace(steps=3), progress=False)
-    config = resolve_config(tmp_path / "half", {"steps": 6}, resume=True)
+    config = start_run(data32, tmp_path / "half", {"steps": 6}, resume=True,
+                       open_data=False).config
     assert config == full  # the checkpoint's config, with the new total
     r2 = train(data32, tmp_path / "half", config, resume=True, progress=False)
     assert r2["steps_run"] == 3 and r2["step"] == 6
@@ -63,8 +64,9 @@ def test_resume_is_bit_exact(data32, tmp_path):
     for s in (2, 6):
         assert {k: v for k, v in m_full[s].items() if k != "img_per_s"} == \
             {k: v for k, v in m_half[s].items() if k != "img_per_s"}
-    # A third run in the same place must resume, not silently start over.
-    with pytest.raises(UserError, match="--resume"):
+    # A third run in the same place must resume, not silently start over (the CLI's words
+    # are tested in test_train_cli.py).
+    with pytest.raises(UserError, match="already holds a run.*resume it"):
         train(data32, tmp_path / "full", full, progress=False)
     with pytest.raises(UserError, match="another config.*lr: 0.0002 -> 0.001"):
         train(data32, tmp_path / "full", full.replace(lr=1e-3, steps=8), resume=True,
