@@ -59,6 +59,7 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:
     torch.save(obj, buf)
     with atomic_write(path, "wb") as f:
         f.write(_seal(buf.getbuffer()))
+    _verified[path] = _stamp(path)
     return path
 
 
@@ -102,11 +103,25 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     return ckpt
 
 
+# Checkpoints this process wrote or verified, by (size, mtime): pruning after each save then
+# costs a stat per file, not a read (a file changed since is verified again).
+_verified: dict[Path, tuple[int, int]] = {}
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
 def is_valid(path: Path) -> bool:
+    """Whether ``path`` is an intact checkpoint of this tool."""
+    if _verified.get(path) == _stamp(path):
+        return True
     try:
         load_checkpoint(path)
     except UserError:
         return False
+    _verified[path] = _stamp(path)
     return True
 
 

@@ -193,8 +193,9 @@ def plot_metrics(metrics: list[dict], title: str, size: tuple[int, int] = (800, 
     for i, (ylabel, keys, fixed) in enumerate(_PANELS):
         series = [(name, np.array([m.get(k, np.nan) for m in metrics], float), _COLOURS[k])
                   for k, name in keys]
-        # Plot area: room on the left for tick values and the y label, below for the x axis.
-        box = (i * half + 62, 36, (i + 1) * half - 14, h - 44)
+        # Plot area: room on the left for tick values and the y label, above for the legend,
+        # below for the x axis.
+        box = (i * half + 62, 56, (i + 1) * half - 14, h - 44)
         _panel(img, box, steps, series, ylabel, fixed)
     return img
 
@@ -233,9 +234,9 @@ def _panel(img: np.ndarray, box: tuple[int, int, int, int], steps: np.ndarray,
         if ok.sum() >= 2:
             cv2.polylines(img, [xy(steps[ok], np.clip(v[ok], lo, hi))], False, colour, 1,
                           cv2.LINE_AA)
-        ly = y0 + 16 + 18 * i  # the legend, top right inside the plot
-        cv2.line(img, (x1 - 130, ly - 4), (x1 - 110, ly - 4), colour, 2)
-        _text(img, name, (x1 - 104, ly), 0.4)
+        lx = x0 + 150 * i  # the legend, in a row above the plot
+        cv2.line(img, (lx, y0 - 12), (lx + 20, y0 - 12), colour, 2)
+        _text(img, name, (lx + 26, y0 - 8), 0.42)
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -248,7 +249,7 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
 
 
 def _tick_label(t: float) -> str:
-    if abs(t) >= 10000 and t == round(t):
+    if 1e4 <= abs(t) < 1e7 and t == round(t):
         return f"{t / 1000:g}k"
     return f"{round(t, 10):g}"
 
