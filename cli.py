@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import typer
 
 from dcgan.config import CHECKPOINTS, LOG_POINTS, SAMPLE_GRIDS, TrainConfig
-from pipeline.errors import ArgumentError, UserError
+from pipeline.errors import UserError
 
 app = typer.Typer(
     help="Curate image collections (LSUN near-duplicate removal, face datasets) and train "
@@ -323,12 +324,13 @@ def _save_result(result: dict[str, Any], out: Path | None, name: str) -> None:
     write_json(path, result)
 
 
-def _flag_error(e: ArgumentError) -> UserError:
-    """A library error about an argument, in the CLI's words: the argument becomes its flag."""
-    name, text = e.arg.replace("_", "-"), str(e)
-    if text.startswith(name + " "):
-        return UserError(f"--{text}")
-    return UserError(f"--{name}: {text}")
+def _in_flags(e: UserError, options: dict[str, Any]) -> UserError:
+    """A library error in the CLI's words: the arguments it names in backquotes (`out`,
+    `z-dist`) become this command's flags (--out, --z-dist)."""
+    def flag(m: re.Match) -> str:
+        return f"--{m[1]}" if m[1].replace("-", "_") in options else m[0]
+
+    return type(e)(re.sub(r"`([a-z][a-z0-9-]*)`", flag, str(e)))
 
 
 def _given(ctx: typer.Context, names: list[str]) -> dict[str, Any]:
@@ -405,8 +407,8 @@ def train_cmd(
     try:
         result = _train(data, out, _given(ctx, _CONFIG_OPTIONS), resume, epochs, dry_run,
                         quiet)
-    except ArgumentError as e:
-        raise _flag_error(e) from e
+    except UserError as e:
+        raise _in_flags(e, ctx.params) from e
     if result is None:
         return
     if result["status"] == "interrupted":

@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, NamedTuple
 
-from pipeline.errors import ArgumentError, UserError
+from pipeline.errors import UserError
 
 # Derived monitoring: about this many metrics lines, sample grids and checkpoints per run.
 LOG_POINTS, SAMPLE_GRIDS, CHECKPOINTS = 250, 20, 10
@@ -51,22 +51,20 @@ class TrainConfig:
                               ("device", DEVICES), ("speed", SPEEDS)):
             value = getattr(self, name)
             if value not in allowed:
-                raise ArgumentError(name, f"{_arg(name)} must be {_one_of(allowed)} "
-                                          f"(got {value!r})")
+                raise UserError(f"{_arg(name)} must be {_one_of(allowed)} (got {value!r})")
         at_least = [("nz", 1), ("ngf", 1), ("ndf", 1), ("batch_size", 1), ("steps", 1),
                     ("keep", 1), ("fid_every", 0), ("fid_n", 2)]
         at_least += [(name, 1) for name in ("log_every", "sample_every", "checkpoint_every")
                      if getattr(self, name) is not None]
         for name, low in at_least:
             if getattr(self, name) < low:
-                raise ArgumentError(name, f"{_arg(name)} must be at least {low} "
-                                          f"(got {getattr(self, name)})")
+                raise UserError(f"{_arg(name)} must be at least {low} (got "
+                                f"{getattr(self, name)})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ArgumentError("lr", f"lr must be a positive number (got {self.lr})")
+            raise UserError(f"`lr` must be a positive number (got {self.lr})")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
-                raise ArgumentError(name, f"{name} must be in [0, 1) (got "
-                                          f"{getattr(self, name)})")
+                raise UserError(f"`{name}` must be in [0, 1) (got {getattr(self, name)})")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,11 +112,16 @@ def config_difference(old: TrainConfig, new: TrainConfig) -> list[str]:
             if getattr(old, k) != getattr(new, k)]
 
 
+def check_epochs(epochs: float) -> float:
+    """``epochs`` if it is a number of passes to train for (more than 0)."""
+    if not (epochs > 0 and math.isfinite(epochs)):
+        raise UserError(f"`epochs` must be more than 0 (got {epochs:g})")
+    return epochs
+
+
 def steps_for_epochs(n_images: int, batch_size: int, epochs: float) -> int:
     """The total steps that make ``epochs`` passes over ``n_images`` at ``batch_size``."""
-    if not (epochs > 0 and math.isfinite(epochs)):
-        raise ArgumentError("epochs", f"epochs must be more than 0 (got {epochs:g})")
-    return max(1, math.ceil(epochs * n_images / batch_size))
+    return max(1, math.ceil(check_epochs(epochs) * n_images / batch_size))
 
 
 def nice_ceil(x: float) -> float:
@@ -134,7 +137,8 @@ def _every(steps: int, count: int) -> int:
 
 
 def _arg(name: str) -> str:
-    return name.replace("_", "-")
+    """An argument as messages name it: in backquotes, with hyphens (a CLI shows its flag)."""
+    return f"`{name.replace('_', '-')}`"
 
 
 def _one_of(values: tuple) -> str:

@@ -28,7 +28,7 @@ from dcgan.checkpoint import CHECKPOINTS, GENERATOR
 from dcgan.config import nice_ceil
 from pipeline import __version__
 from pipeline.dataset import MANIFEST, MARKER, PROGRESS, atomic_write, read_jsonl, write_json
-from pipeline.errors import ArgumentError
+from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ _TEMP = {
 
 
 def check_run_dir(out: str | Path, data: str | Path) -> None:
-    """Refuse an output folder that is not a training run's own (ArgumentError on ``out``).
+    """Refuse (UserError) an output folder that is not a training run's own.
 
     Refused: the training data itself, a folder inside it or above it, a file, a dataset
     directory, and a folder holding anything a run does not write.
@@ -52,23 +52,22 @@ def check_run_dir(out: str | Path, data: str | Path) -> None:
     out, data = Path(out), Path(data)
     o, d = out.resolve(), data.resolve()
     if o == d or d in o.parents or o in d.parents:
-        where = "is" if o == d else "is inside" if d in o.parents else "contains"
-        raise ArgumentError("out", f"{out} {where} the training data {data}: write the run "
-                                   "to a folder of its own")
+        where = "is the training data" if o == d else \
+            f"{'is inside' if d in o.parents else 'contains'} the training data {data}"
+        raise UserError(f"{out} {where}: give `out` a folder of its own")
     if not out.exists():
         return
     if not out.is_dir():
-        raise ArgumentError("out", f"{out} is a file, not a run directory")
+        raise UserError(f"{out} is a file: give `out` a folder of its own")
     if any((out / name).exists() for name in (MARKER, MANIFEST, PROGRESS)):
-        raise ArgumentError("out", f"{out} is a dataset directory, not a run directory: "
-                                   "write the run to a folder of its own")
+        raise UserError(f"{out} is a dataset directory: give `out` a folder of its own")
     foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()
                      if not _is_run_entry(p))
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more"
                                          if len(foreign) > 5 else "")
-        raise ArgumentError("out", f"{out} holds files that are not a training run's "
-                                   f"({shown}): write the run to a new or empty folder")
+        raise UserError(f"{out} holds files that are not a training run's ({shown}): give "
+                        "`out` a new or empty folder")
 
 
 def _is_run_entry(p: Path) -> bool:
@@ -98,6 +97,7 @@ class RunDir:
     def __init__(self, root: str | Path, write: bool = True):
         self.root = Path(root)
         self.write = write
+        self._metrics: list[dict] | None = None  # metrics.jsonl, read once, then appended to
         if write:
             self.root.mkdir(parents=True, exist_ok=True)
 
@@ -123,18 +123,21 @@ class RunDir:
             write_json(self.root / CONFIG, {**config, "data": data, "version": __version__})
 
     def metrics(self) -> list[dict]:
-        return read_jsonl(self.root / METRICS)
+        if self._metrics is None:
+            self._metrics = read_jsonl(self.root / METRICS)
+        return self._metrics
 
     def truncate_metrics(self, step: int) -> None:
         """Drop lines past ``step`` (a resumed run rewrites what came after its checkpoint)."""
         if not self.write or not (self.root / METRICS).exists():
             return
-        keep = [m for m in self.metrics() if m["step"] <= step]
+        self._metrics = [m for m in read_jsonl(self.root / METRICS) if m["step"] <= step]
         with atomic_write(self.root / METRICS) as f:
-            f.writelines(json.dumps(m) + "\n" for m in keep)
+            f.writelines(json.dumps(m) + "\n" for m in self._metrics)
 
     def log(self, record: dict[str, Any]) -> None:
         if self.write:
+            self.metrics().append(record)
             with open(self.root / METRICS, "a") as f:
                 f.write(json.dumps(record) + "\n")
             self.save_loss_curve()

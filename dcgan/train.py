@@ -32,20 +32,20 @@ from dcgan.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from dcgan.config import TrainConfig, config_difference, steps_for_epochs
+from dcgan.config import TrainConfig, check_epochs, config_difference, steps_for_epochs
 from dcgan.data import mix_seed, open_images
 from dcgan.models import sample_z
 from dcgan.run import RunDir, check_run_dir
 from dcgan.trainer import Trainer
-from pipeline.errors import ArgumentError, UserError
+from pipeline.errors import UserError
 
 __all__ = ["Start", "Trainer", "TrainingDiverged", "start_run", "train", "train_run"]
 
 log = logging.getLogger(__name__)
 
-# A mean loss above this many nats over a log interval stops the run: D's logits are then
-# past +-100, where its probabilities round to exactly 0 or 1 in float32; healthy and
-# collapsing runs measured stay below 20 (docs/training.md).
+# A mean loss above 100 nats over a log interval stops the run: D's logits are then past
+# +-100, where its probabilities are 0 or 1 to float32 precision (healthy, collapsing and
+# 100x-too-fast runs measured stay below 20; --lr 1e5 reaches 1e12 at the first step).
 EXPLODED = 100.0
 
 
@@ -79,6 +79,8 @@ def start_run(data: str | Path, out: str | Path, overrides: dict[str, Any],
     """
     data, out = Path(data), Path(out)
     check_run_dir(out, data)
+    if epochs is not None:
+        check_epochs(epochs)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     path = state = None
     if resume:
@@ -87,9 +89,9 @@ def start_run(data: str | Path, out: str | Path, overrides: dict[str, Any],
     else:
         found = list_checkpoints(out)
         if found:
-            raise ArgumentError("resume", f"{out} already holds a run (checkpoints up to step "
-                                          f"{int(NAME.match(found[0].name)[1])}): resume it, "
-                                          "or train into another folder")
+            raise UserError(f"{out} already holds a run (checkpoints up to step "
+                            f"{int(NAME.match(found[0].name)[1])}): continue it with `resume`, "
+                            "or choose another `out`")
         config = TrainConfig.from_dict(overrides)
     images = None
     if open_data or epochs is not None:
@@ -98,23 +100,22 @@ def start_run(data: str | Path, out: str | Path, overrides: dict[str, Any],
             config = config.replace(steps=steps_for_epochs(len(images), config.batch_size,
                                                            epochs))
         if len(images) < config.batch_size:
-            log.warning("the data holds %d image%s but a batch is %d: each batch repeats "
-                        "every image about %d times", len(images),
-                        "" if len(images) == 1 else "s", config.batch_size,
-                        config.batch_size // len(images))
+            log.warning("the data holds %d image%s but a batch is %d: each batch holds every "
+                        "image about %.3g times", len(images), "" if len(images) == 1 else "s",
+                        config.batch_size, config.batch_size / len(images))
     return Start(data, out, config, images, path, state)
 
 
 def _resume_point(out: Path) -> tuple[Path, dict[str, Any]]:
     """The newest valid full checkpoint of the run in ``out`` and its contents."""
     if not list_checkpoints(out):
-        raise ArgumentError("resume", f"{out} holds no checkpoint to resume from (looked in "
-                                      f"{checkpoint_path(out, 0).parent})")
+        raise UserError(f"nothing to `resume`: {out} holds no checkpoint (looked in "
+                        f"{checkpoint_path(out, 0).parent})")
     path, state = latest_checkpoint(out)
     missing = {"D", "opt_g", "opt_d", "step", "rng"} - set(state)
     if missing:
-        raise ArgumentError("resume", f"{path} is not a full training checkpoint (no "
-                                      f"{', '.join(sorted(missing))})")
+        raise UserError(f"cannot `resume` from {path}: not a full training checkpoint (no "
+                        f"{', '.join(sorted(missing))})")
     return path, state
 
 
@@ -125,9 +126,9 @@ def _resumed_config(path: Path, state: dict[str, Any], overrides: dict[str, Any]
     config = saved.replace(**overrides)
     diff = config_difference(saved, config)
     if diff:
-        raise ArgumentError("resume", f"{path} was trained with another config "
-                                      f"({'; '.join(diff)}): resume with the same settings, "
-                                      "or start a new run in another folder")
+        raise UserError(f"cannot `resume` {path}: it was trained with another config "
+                        f"({'; '.join(diff)}); resume with the same settings, or start a new "
+                        "run in another `out`")
     return config
 
 
@@ -266,8 +267,8 @@ def _check_losses(values: dict[str, float], since: int, step: int, out: Path) ->
     kept = f"the last good checkpoint is kept: {found[0]}" if found else \
         "no checkpoint had been written yet"
     raise TrainingDiverged(f"training diverged: the losses {what} between steps {since} and "
-                           f"{step}; stopped without saving ({kept}). Try a lower learning "
-                           "rate or check the data")
+                           f"{step}; stopped without saving ({kept}). Try a lower `lr` or "
+                           "check the data")
 
 
 def _checkpoint(trainer: Trainer, out: Path, keep: int, dist: ddp.Dist, saved: int) -> int:

@@ -66,7 +66,7 @@ def test_resume_is_bit_exact(data32, tmp_path):
             {k: v for k, v in m_half[s].items() if k != "img_per_s"}
     # A third run in the same place must resume, not silently start over (the CLI's words
     # are tested in test_train_cli.py).
-    with pytest.raises(UserError, match="already holds a run.*resume it"):
+    with pytest.raises(UserError, match="already holds a run.*continue it with `resume`"):
         train(data32, tmp_path / "full", full, progress=False)
     with pytest.raises(UserError, match="another config.*lr: 0.0002 -> 0.001"):
         train(data32, tmp_path / "full", full.replace(lr=1e-3, steps=8), resume=True,
@@ -243,7 +243,7 @@ def test_monitoring_intervals_scale_with_the_run():
         assert steps <= 20 or 8 <= steps // every.sample <= 20
         assert str(every.log).strip("0") in ("1", "2", "5")
     assert TrainConfig(steps=150, log_every=7).intervals() == (7, 10, 20)
-    with pytest.raises(UserError, match="log-every must be at least 1"):
+    with pytest.raises(UserError, match="`log-every` must be at least 1"):
         TrainConfig(log_every=0)
 
 

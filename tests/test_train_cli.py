@@ -183,8 +183,8 @@ def test_a_second_run_into_a_run_points_to_resume(data32, tmp_path, monkeypatch,
     code, _, err = run_main(monkeypatch, capsys, "train", data32, "--out", run, "--steps", "4",
                             *TINY)
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert err.startswith("Error: --resume: ") and "already holds a run (checkpoints up to " \
-        "step 2)" in err
+    assert err.strip() == f"Error: {run} already holds a run (checkpoints up to step 2): " \
+        "continue it with --resume, or choose another --out"
 
 
 def test_epochs_zero_is_refused(data32, tmp_path, monkeypatch, capsys):
@@ -217,7 +217,7 @@ def test_a_batch_larger_than_the_data_warns_with_the_numbers(tmp_path, monkeypat
                             "--steps", "1", *TINY, "--batch-size", batch)
     assert code == 0, err
     assert f"the data holds {n} image{'s' if n > 1 else ''} but a batch is {batch}: each " \
-        f"batch repeats every image about {batch // n} times" in err
+        f"batch holds every image about {batch // n} times" in err
 
 
 def test_help_shows_every_default():
