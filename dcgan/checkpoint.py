@@ -50,25 +50,27 @@ def list_checkpoints(run: str | Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def save_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:
+def save_checkpoint(obj: dict[str, Any], path: str | Path,
+                    verified: dict[Path, tuple[int, int]] | None = None) -> Path:
     """``torch.save``, sealed, under a temporary name, then renamed: a crash never leaves a
-    half file under the real name."""
+    half file under the real name. ``verified``: the memo of ``is_valid``, told of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(obj, buf)
-    with atomic_write(path, "wb") as f:
-        f.write(_seal(buf.getbuffer()))
-    _verified[path] = _stamp(path)
-    return path
-
-
-def _seal(data: memoryview | bytes) -> bytes:
-    """torch's zip archive with a comment holding the SHA-256 of every byte before it."""
+    data = buf.getbuffer()
+    # torch's zip archive, its comment set to the SHA-256 of every byte before the comment.
     if bytes(data[-22:-18]) != _EOCD or bytes(data[-2:]) != b"\0\0":
         raise RuntimeError("torch.save did not end its archive with a comment-less zip record")
-    head = bytes(data[:-2]) + _SEAL_BYTES.to_bytes(2, "little")
-    return head + _SEAL + hashlib.sha256(head).hexdigest().encode()
+    head = (data[:-2], _SEAL_BYTES.to_bytes(2, "little"))
+    digest = hashlib.sha256(head[0])
+    digest.update(head[1])
+    with atomic_write(path, "wb") as f:
+        f.writelines((*head, _SEAL, digest.hexdigest().encode()))
+    if verified is not None:
+        st = path.stat()
+        verified[path] = (st.st_size, st.st_mtime_ns)
+    return path
 
 
 def _check_seal(path: Path, data: bytes) -> None:
@@ -103,29 +105,24 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     return ckpt
 
 
-# Checkpoints this process wrote or verified, by (size, mtime): pruning after each save then
-# costs a stat per file, not a read (a file changed since is verified again).
-_verified: dict[Path, tuple[int, int]] = {}
-
-
-def _stamp(path: Path) -> tuple[int, int]:
+def is_valid(path: Path, verified: dict[Path, tuple[int, int]] | None = None) -> bool:
+    """Whether ``path`` is an intact checkpoint of this tool. ``verified``: a memo of files
+    found intact, by (size, mtime), so a run prunes after each save with a stat per file
+    rather than a read of ~80 MB (a file rewritten since is verified again)."""
+    memo = {} if verified is None else verified
     st = path.stat()
-    return st.st_size, st.st_mtime_ns
-
-
-def is_valid(path: Path) -> bool:
-    """Whether ``path`` is an intact checkpoint of this tool."""
-    if _verified.get(path) == _stamp(path):
+    if memo.get(path) == (st.st_size, st.st_mtime_ns):
         return True
     try:
         load_checkpoint(path)
     except UserError:
         return False
-    _verified[path] = _stamp(path)
+    memo[path] = (st.st_size, st.st_mtime_ns)
     return True
 
 
-def prune_checkpoints(run: str | Path, keep: int) -> list[Path]:
+def prune_checkpoints(run: str | Path, keep: int,
+                      verified: dict[Path, tuple[int, int]] | None = None) -> list[Path]:
     """Keep the ``keep`` newest *valid* checkpoints; delete older ones and damaged ones.
 
     Only files named like our checkpoints in the run's own checkpoints/ folder are touched
@@ -136,7 +133,7 @@ def prune_checkpoints(run: str | Path, keep: int) -> list[Path]:
         if p.is_symlink():
             continue
         if valid < max(1, keep):
-            if is_valid(p):
+            if is_valid(p, verified):
                 valid += 1
                 continue
             log.warning("removing damaged checkpoint %s", p)

@@ -99,7 +99,7 @@ def start_run(data: str | Path, out: str | Path, overrides: dict[str, Any],
         if epochs is not None:
             config = config.replace(steps=steps_for_epochs(len(images), config.batch_size,
                                                            epochs))
-        if len(images) < config.batch_size:
+        if len(images) < config.batch_size and ddp.from_env().main:
             log.warning("the data holds %d image%s but a batch is %d: each batch holds every "
                         "image about %.3g times", len(images), "" if len(images) == 1 else "s",
                         config.batch_size, config.batch_size / len(images))
@@ -175,6 +175,7 @@ def _train(start: Start, progress: bool, dist: ddp.Dist, device: torch.device
     first, t0 = trainer.step, time.monotonic()
     mark = _Mark(first, t0)
     saved = trainer.step  # the newest checkpoint of this run (0: none)
+    verified: dict = {}  # checkpoints found intact by this run (see prune_checkpoints)
     status, metrics = "finished", {}
     bar = tqdm(total=config.steps, initial=trainer.step, unit="step", desc="train",
                disable=not (progress and dist.main), dynamic_ncols=True)
@@ -193,14 +194,14 @@ def _train(start: Start, progress: bool, dist: ddp.Dist, device: torch.device
                 if step % every.checkpoint == 0:
                     if not log_now:
                         _check_losses(trainer.read_metrics(reset=False), mark.step, step, out)
-                    saved = _checkpoint(trainer, out, config.keep, dist, saved)
+                    saved = _checkpoint(trainer, out, config.keep, dist, saved, verified)
                 if _stop_requested(stop.requested, log_now, dist, device):
                     status = "interrupted"
                     break
         if trainer.acc_steps:
             _check_losses(trainer.read_metrics(reset=False), mark.step, trainer.step, out)
         in_sync = _same_weights(trainer, dist, device)
-        saved = _checkpoint(trainer, out, config.keep, dist, saved)
+        saved = _checkpoint(trainer, out, config.keep, dist, saved, verified)
         generator = _save_generator(trainer, out) if dist.main and trainer.step else None
     finally:
         bar.close()
@@ -271,14 +272,15 @@ def _check_losses(values: dict[str, float], since: int, step: int, out: Path) ->
                            "check the data")
 
 
-def _checkpoint(trainer: Trainer, out: Path, keep: int, dist: ddp.Dist, saved: int) -> int:
+def _checkpoint(trainer: Trainer, out: Path, keep: int, dist: ddp.Dist, saved: int,
+                verified: dict) -> int:
     """Save this step's checkpoint (once) and prune to the newest valid ones; returns the
     step of the newest checkpoint."""
     if trainer.step in (0, saved):
         return saved
     if dist.main:  # replaces a file of the same step (say, a damaged one skipped on resume)
-        save_checkpoint(trainer.state_dict(), checkpoint_path(out, trainer.step))
-        prune_checkpoints(out, keep)
+        save_checkpoint(trainer.state_dict(), checkpoint_path(out, trainer.step), verified)
+        prune_checkpoints(out, keep, verified)
     ddp.barrier(dist)
     return trainer.step
 

@@ -130,11 +130,15 @@ def test_prune_keeps_the_newest_valid_and_touches_nothing_else(real_checkpoint, 
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "step-00000003.pt",
                                                         "step-00000009.pt"]
     assert user.read_bytes() == b"the user's own file"
-    # With nothing valid left to count, nothing valid is deleted.
-    flip(checkpoint_path(run, 3), 1000)
-    assert prune_checkpoints(run, keep=1) == [checkpoint_path(run, 3)]
-    shutil.copy(real_checkpoint, checkpoint_path(run, 7))
-    assert prune_checkpoints(run, keep=1) == []
+    # A damaged checkpoint newer than the only valid one goes; the valid one stays.
+    other = tmp_path / "other"
+    (other / "checkpoints").mkdir(parents=True)
+    shutil.copy(real_checkpoint, checkpoint_path(other, 7))
+    shutil.copy(real_checkpoint, checkpoint_path(other, 3))
+    flip(checkpoint_path(other, 7), 1000)
+    assert prune_checkpoints(other, keep=1) == [checkpoint_path(other, 7)]
+    assert prune_checkpoints(other, keep=1) == []
+    assert list_checkpoints(other) == [checkpoint_path(other, 3)]
 
 
 # -- exploding losses ------------------------------------------------------------------------
