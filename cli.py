@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-from dcgan.config import CHECKPOINTS, LOG_POINTS, SAMPLE_GRIDS, TrainConfig
+from dcgan.config import CHECKPOINTS, LOG_POINTS, SAMPLE_GRIDS, TrainConfig, derived_interval
 from pipeline.errors import UserError
 
 app = typer.Typer(
@@ -343,6 +343,11 @@ def _given(ctx: typer.Context, names: list[str]) -> dict[str, Any]:
 # The config's options take TrainConfig's defaults (shown in --help); only those the user
 # gives override a resumed run's config.
 _TC = TrainConfig
+
+
+def _derived(count: int, rule: str) -> str:
+    return f"steps/{count} {rule}: {derived_interval(_TC.steps, count)} for {_TC.steps}"
+
 _CONFIG_OPTIONS = ["steps", "batch_size", "device", "resolution", "nz", "ngf", "ndf", "z_dist",
                    "lr", "beta1", "seed", "flip", "log_every", "sample_every",
                    "checkpoint_every", "keep", "fid_every", "fid_n", "speed", "amp"]
@@ -375,13 +380,13 @@ def train_cmd(
     flip: bool = typer.Option(_TC.flip, "--flip/--no-flip", help="Random horizontal flips of "
                               "the real images."),
     log_every: int | None = typer.Option(
-        None, show_default=f"steps/{LOG_POINTS} rounded up to 1, 2 or 5 x 10^k: 50 for 10000",
+        None, show_default=_derived(LOG_POINTS, "rounded up to 1, 2 or 5 x 10^k"),
         help="Steps between metrics lines (and loss.png redraws)."),
     sample_every: int | None = typer.Option(
-        None, show_default=f"steps/{SAMPLE_GRIDS} rounded up likewise: 500 for 10000",
+        None, show_default=_derived(SAMPLE_GRIDS, "rounded up likewise"),
         help="Steps between sample grids."),
     checkpoint_every: int | None = typer.Option(
-        None, show_default=f"steps/{CHECKPOINTS} rounded up likewise: 1000 for 10000",
+        None, show_default=_derived(CHECKPOINTS, "rounded up likewise"),
         help="Steps between checkpoints."),
     keep: int = typer.Option(_TC.keep, help="Valid checkpoints kept (the newest)."),
     fid_every: int = typer.Option(_TC.fid_every, help="Steps between FID/KID measurements "

@@ -84,9 +84,9 @@ class TrainConfig:
     def intervals(self) -> Intervals:
         """The monitoring intervals: as given, or derived from ``steps`` so that any run
         length gives a readable loss curve, a few sample grids and a few checkpoints."""
-        return Intervals(self.log_every or _every(self.steps, LOG_POINTS),
-                         self.sample_every or _every(self.steps, SAMPLE_GRIDS),
-                         self.checkpoint_every or _every(self.steps, CHECKPOINTS))
+        return Intervals(self.log_every or derived_interval(self.steps, LOG_POINTS),
+                         self.sample_every or derived_interval(self.steps, SAMPLE_GRIDS),
+                         self.checkpoint_every or derived_interval(self.steps, CHECKPOINTS))
 
     def resolved(self) -> dict[str, Any]:
         """``to_dict`` with the intervals' values (for --dry-run and config.json)."""
@@ -131,7 +131,7 @@ def nice_ceil(x: float) -> float:
     return next(m * power for m in (1, 2, 5, 10) if m * power >= x * (1 - 1e-9))
 
 
-def _every(steps: int, count: int) -> int:
+def derived_interval(steps: int, count: int) -> int:
     """A round interval that gives about ``count`` (between count / 2.5 and count) events."""
     return max(1, round(nice_ceil(steps / count)))
 

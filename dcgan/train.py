@@ -175,7 +175,7 @@ def _train(start: Start, progress: bool, dist: ddp.Dist, device: torch.device
     first, t0 = trainer.step, time.monotonic()
     mark = _Mark(first, t0)
     saved = trainer.step  # the newest checkpoint of this run (0: none)
-    verified: dict = {}  # checkpoints found intact by this run (see prune_checkpoints)
+    verified: dict[Path, tuple[int, int]] = {}  # intact checkpoints (see prune_checkpoints)
     status, metrics = "finished", {}
     bar = tqdm(total=config.steps, initial=trainer.step, unit="step", desc="train",
                disable=not (progress and dist.main), dynamic_ncols=True)
@@ -273,7 +273,7 @@ def _check_losses(values: dict[str, float], since: int, step: int, out: Path) ->
 
 
 def _checkpoint(trainer: Trainer, out: Path, keep: int, dist: ddp.Dist, saved: int,
-                verified: dict) -> int:
+                verified: dict[Path, tuple[int, int]]) -> int:
     """Save this step's checkpoint (once) and prune to the newest valid ones; returns the
     step of the newest checkpoint."""
     if trainer.step in (0, saved):

@@ -9,16 +9,15 @@ import pytest
 import torch
 
 from dcgan.checkpoint import (
-    TrainConfig,
     find_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     load_generator,
-    sample_z,
 )
+from dcgan.config import TrainConfig
 from dcgan.data import DataOrder, Feed
-from dcgan.models import build_models
+from dcgan.models import build_models, sample_z
 from dcgan.train import Trainer, TrainingDiverged, start_run, train
 from pipeline.dataset import Dataset
 from pipeline.errors import UserError
