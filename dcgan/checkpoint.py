@@ -1,18 +1,28 @@
-"""Training configuration and checkpoints: save atomically, find the latest good one, load.
+"""Checkpoints: written atomically and sealed with a SHA-256, verified on load, pruned to the
+newest valid ones.
 
 A checkpoint holds everything needed to resume exactly (nanoGPT's checkpoint dict): both
-networks, both optimizers, the step, RNG states and the config. Files are loaded with
-``torch.load(weights_only=True)``, so a checkpoint from elsewhere cannot run code.
+networks, both optimizers, the step, RNG states and the config. A file is torch's zip archive
+whose zip comment holds the SHA-256 of every byte before it, so a flipped or missing byte
+anywhere is found on load (torch itself reads a damaged tensor without a word); it stays a
+standard zip that ``torch.load`` reads, and is loaded with ``weights_only=True`` so a
+checkpoint from elsewhere cannot run code.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import re
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from dcgan.config import TrainConfig
+from dcgan.models import Discriminator, Generator, sample_z  # noqa: F401 (sample_z: old home)
 from pipeline.dataset import atomic_write
 from pipeline.errors import UserError
 
@@ -20,81 +30,11 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 GENERATOR = "generator.pt"
-_NAME = re.compile(r"^step-(\d+)\.pt$")
+NAME = re.compile(r"^step-(\d{8,})\.pt$")  # checkpoints/step-00001000.pt
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    resolution: int = 64  # image side: 32, 64 (the paper's) or 128
-    nz: int = 100  # length of the noise vector z (the paper: 100)
-    ngf: int = 64  # generator width: channels of its last hidden layer
-    ndf: int = 64  # discriminator width: channels of its first layer
-    z_dist: str = "uniform"  # z's distribution: "uniform" in [-1, 1] (the paper) or "normal"
-    lr: float = 2e-4  # Adam learning rate for both networks (the paper, §4)
-    beta1: float = 0.5  # Adam beta1 (the paper lowered it from 0.9 for stability)
-    beta2: float = 0.999  # Adam beta2
-    batch_size: int = 128  # images per step, over all processes (the paper: 128)
-    steps: int = 10000  # the run's total number of steps (a resumed run continues up to it)
-    seed: int = 0  # seeds the weights, the data order, the noise and the flips
-    flip: bool = False  # random horizontal flips of the real images (the paper uses none)
-    log_every: int = 50  # steps between metrics lines (the only time losses are read back)
-    sample_every: int = 500  # steps between sample grids from the fixed noise batch
-    checkpoint_every: int = 1000  # steps between checkpoints
-    fid_every: int = 0  # steps between FID/KID measurements in metrics.jsonl (0 = never)
-    fid_n: int = 2000  # images on each side of those FID/KID measurements
-    keep: int = 3  # checkpoints kept (the newest)
-    device: str = "auto"  # "auto" (CUDA when present), "cuda" or "cpu"
-    speed: str = "auto"  # CUDA step: "graph" (CUDA graph), "compile" (+torch.compile), "eager"
-    amp: bool = True  # bf16 autocast on CUDA (always fp32 on the CPU)
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.resolution in (32, 64, 128), f"resolution must be 32, 64 or 128 (got "
-                                               f"{self.resolution})"),
-            (self.z_dist in ("uniform", "normal"), f"z-dist must be uniform or normal (got "
-                                                   f"{self.z_dist!r})"),
-            (self.device in ("auto", "cuda", "cpu"), f"device must be auto, cuda or cpu (got "
-                                                     f"{self.device!r})"),
-            (self.speed in ("auto", "graph", "compile", "eager"), "speed must be auto, graph, "
-                                                                  f"compile or eager (got "
-                                                                  f"{self.speed!r})"),
-            (min(self.nz, self.ngf, self.ndf, self.batch_size, self.steps, self.keep,
-                 self.log_every, self.sample_every, self.checkpoint_every) >= 1,
-             "nz, ngf, ndf, batch size, steps, keep and the intervals must be at least 1"),
-            (self.fid_every >= 0 and self.fid_n >= 2,
-             "fid-every must be 0 (off) or more, and fid-n at least 2"),
-            (self.lr > 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
-             "lr must be positive and the betas in [0, 1)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """A config from a dict; unknown keys are refused, missing ones take defaults."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise UserError(f"unknown training config field(s): {', '.join(unknown)}")
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return TrainConfig.from_dict({**self.to_dict(), **changes})
-
-
-# Fields that define the trajectory of a run: a resumed run must agree on all of them.
-TRAJECTORY_FIELDS = ("resolution", "nz", "ngf", "ndf", "z_dist", "lr", "beta1", "beta2",
-                     "batch_size", "seed", "flip")
-
-
-def config_difference(old: TrainConfig, new: TrainConfig) -> list[str]:
-    """'field: old -> new' for each trajectory field that differs."""
-    return [f"{k}: {getattr(old, k)!r} -> {getattr(new, k)!r}" for k in TRAJECTORY_FIELDS
-            if getattr(old, k) != getattr(new, k)]
+_EOCD = b"PK\x05\x06"  # a zip's end record: its last 22 bytes, the comment's length last
+_SEAL = b"dcgan-curate sha256 "
+_SEAL_BYTES = len(_SEAL) + 64  # the comment: the tag, then the digest in hex
 
 
 def checkpoint_path(run: str | Path, step: int) -> Path:
@@ -106,49 +46,108 @@ def list_checkpoints(run: str | Path) -> list[Path]:
     folder = Path(run) / CHECKPOINTS
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    found = [(int(m.group(1)), p) for p in folder.iterdir()
+             if (m := NAME.match(p.name)) and p.is_file()]
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def save_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:
-    """``torch.save`` under a temporary name, then rename: a crash never leaves a half file."""
-    import torch
-
+def save_checkpoint(obj: dict[str, Any], path: str | Path,
+                    verified: dict[Path, tuple[int, int]] | None = None) -> Path:
+    """``torch.save``, sealed, under a temporary name, then renamed: a crash never leaves a
+    half file under the real name. ``verified``: the memo of ``is_valid``, told of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getbuffer()
+    # torch's zip archive, its comment set to the SHA-256 of every byte before the comment.
+    if bytes(data[-22:-18]) != _EOCD or bytes(data[-2:]) != b"\0\0":
+        raise RuntimeError("torch.save did not end its archive with a comment-less zip record")
+    head = (data[:-2], _SEAL_BYTES.to_bytes(2, "little"))
+    digest = hashlib.sha256(head[0])
+    digest.update(head[1])
     with atomic_write(path, "wb") as f:
-        torch.save(obj, f)
+        f.writelines((*head, _SEAL, digest.hexdigest().encode()))
+    if verified is not None:
+        st = path.stat()
+        verified[path] = (st.st_size, st.st_mtime_ns)
     return path
 
 
-def prune_checkpoints(run: str | Path, keep: int) -> None:
-    """Delete all but the ``keep`` newest checkpoints."""
-    for p in list_checkpoints(run)[max(1, keep):]:
-        p.unlink(missing_ok=True)
+def _check_seal(path: Path, data: bytes) -> None:
+    """Raise UserError unless ``data`` is sealed and intact (or an unsealed file of an older
+    version of this tool that still ends in a whole zip record)."""
+    tail = data[-_SEAL_BYTES:]
+    if tail.startswith(_SEAL):
+        if hashlib.sha256(data[:-_SEAL_BYTES]).hexdigest().encode() != tail[len(_SEAL):]:
+            raise UserError(f"checkpoint {path} is corrupt: its SHA-256 does not match the one "
+                            "written with it (the file changed or was damaged since)")
+    elif data[-22:-18] != _EOCD or data[-2:] != b"\0\0":
+        raise UserError(f"checkpoint {path} is corrupt or not a checkpoint of this tool "
+                        "(truncated, or no SHA-256 seal)")
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint file safely (``weights_only=True``); UserError if unreadable."""
-    import torch
-
+    """Load a checkpoint file safely (seal verified, ``weights_only=True``); UserError if it
+    is missing, damaged or not a checkpoint of this tool."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    data = path.read_bytes()
+    _check_seal(path, data)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, garbage, or pickled code refused
+        ckpt = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as e:  # garbage, or pickled code refused
+        first = str(e).splitlines()[0][:120] if str(e) else ""
         raise UserError(f"checkpoint {path} is corrupt or not a checkpoint of this tool "
-                        f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
-                        ) from e
+                        f"({type(e).__name__}: {first})") from e
     if not isinstance(ckpt, dict) or "config" not in ckpt or "G" not in ckpt:
         raise UserError(f"{path} is not a checkpoint of this tool (no config or generator)")
     return ckpt
 
 
+def is_valid(path: Path, verified: dict[Path, tuple[int, int]] | None = None) -> bool:
+    """Whether ``path`` is an intact checkpoint of this tool. ``verified``: a memo of files
+    found intact, by (size, mtime), so a run prunes after each save with a stat per file
+    rather than a read of ~80 MB (a file rewritten since is verified again)."""
+    memo = {} if verified is None else verified
+    st = path.stat()
+    if memo.get(path) == (st.st_size, st.st_mtime_ns):
+        return True
+    try:
+        load_checkpoint(path)
+    except UserError:
+        return False
+    memo[path] = (st.st_size, st.st_mtime_ns)
+    return True
+
+
+def prune_checkpoints(run: str | Path, keep: int, remove: Callable[[Path], None],
+                      verified: dict[Path, tuple[int, int]] | None = None) -> list[Path]:
+    """Keep the ``keep`` newest *valid* checkpoints; ``remove`` older ones and damaged ones
+    (the run directory's own deletion, which touches only files the tool wrote).
+
+    Only files named like our checkpoints in the run's checkpoints/ folder are considered
+    (never a link); the newest valid checkpoint is never deleted. Returns what was removed.
+    """
+    valid, removed = 0, []
+    for p in list_checkpoints(run):
+        if p.is_symlink():
+            continue
+        if valid < max(1, keep):
+            if is_valid(p, verified):
+                valid += 1
+                continue
+            log.warning("removing damaged checkpoint %s", p)
+        remove(p)
+        removed.append(p)
+    return removed
+
+
 def latest_checkpoint(run: str | Path, map_location: Any = "cpu"
                       ) -> tuple[Path, dict[str, Any]]:
     """The newest checkpoint of ``run`` that loads, and its contents; older ones are tried
-    when newer ones are corrupt."""
+    when newer ones are damaged."""
     run = Path(run)
     candidates = list_checkpoints(run)
     for p in candidates:
@@ -179,20 +178,18 @@ def _load(run_or_file: str | Path, map_location: Any) -> tuple[dict[str, Any], T
     return ckpt, TrainConfig.from_dict(ckpt["config"])
 
 
-def load_generator(run_or_file: str | Path, device: Any = "cpu"):
+def load_generator(run_or_file: str | Path, device: Any = "cpu") -> tuple[Generator,
+                                                                          TrainConfig]:
     """The generator of a run (latest valid checkpoint) or checkpoint file, in eval mode."""
-    from dcgan.models import Generator
-
     ckpt, config = _load(run_or_file, device)
     g = Generator(config.nz, config.ngf, config.resolution).to(device)
     g.load_state_dict(ckpt["G"])
     return g.eval(), config
 
 
-def load_discriminator(run_or_file: str | Path, device: Any = "cpu"):
+def load_discriminator(run_or_file: str | Path, device: Any = "cpu"
+                       ) -> tuple[Discriminator, TrainConfig]:
     """The discriminator of a run or checkpoint file, in eval mode."""
-    from dcgan.models import Discriminator
-
     ckpt, config = _load(run_or_file, device)
     if "D" not in ckpt:
         raise UserError(f"{run_or_file} holds a generator only (no discriminator): "
@@ -200,23 +197,3 @@ def load_discriminator(run_or_file: str | Path, device: Any = "cpu"):
     d = Discriminator(config.ndf, config.resolution).to(device)
     d.load_state_dict(ckpt["D"])
     return d.eval(), config
-
-
-def sample_z(n: int, config: TrainConfig, generator: Any = None, device: Any = None,
-             out: Any = None):
-    """``n`` noise vectors (n, nz) from the config's distribution.
-
-    ``generator``: a ``torch.Generator`` (its device is used when ``device`` is None).
-    ``out``: an existing (n, nz) tensor to fill in place (no allocation).
-    """
-    import torch
-
-    if out is None:
-        if device is None:
-            device = generator.device if generator is not None else "cpu"
-        out = torch.empty(n, config.nz, device=device)
-    if config.z_dist == "uniform":
-        return out.uniform_(-1.0, 1.0, generator=generator)
-    if config.z_dist == "normal":
-        return out.normal_(0.0, 1.0, generator=generator)
-    raise UserError(f"z_dist must be 'uniform' or 'normal' (got {config.z_dist!r})")

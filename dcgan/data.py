@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.dataset import Dataset, is_dataset
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -32,62 +31,26 @@ def mix_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
 
 
-def data_cache_root() -> Path:
-    """Where image folders and LSUN databases are extracted for training (cached)."""
-    env = os.environ.get("DCGAN_CURATE_CACHE")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")
-                                      ) / "dcgan-curate"
-    return base / "train-data"
-
-
 def open_images(path: str | Path, resolution: int, progress: bool = True) -> np.ndarray:
-    """The training pixels (N x res x res x 3 uint8, memory-mapped) of a dataset directory.
+    """The training pixels (N x res x res x 3 uint8, memory-mapped) of any image source: a
+    dataset directory, or an image folder or LSUN database extracted once into the cache
+    at ``resolution`` (``pipeline.extract.as_dataset``)."""
+    from pipeline.dataset import is_dataset
+    from pipeline.extract import as_dataset
 
-    An image folder or an LSUN database is first extracted into a cached dataset directory
-    at ``resolution`` (a rerun finds it finished and does nothing).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"training data {path} does not exist")
-    if is_dataset(path):
-        images = Dataset(path).images
-        where = f"dataset {path}"
-        hint = f"re-extract it with --resolution {resolution} or train with --resolution " \
-               f"{images.shape[1] if images.ndim == 4 else '?'}"
-    else:
-        images = _extract_cached(path, resolution, progress)
-        where, hint = f"{path} (extracted)", ""
+    given = is_dataset(path)
+    images = as_dataset(path, resolution, progress).images
+    where = f"dataset {path}" if given else f"{path} (extracted)"
     if images.ndim != 4 or images.shape[3] != 3:
         raise UserError(f"{where} holds images of shape {images.shape[1:]}, not H x W x 3 RGB")
     if len(images) == 0:
         raise UserError(f"{where} is empty: no images to train on")
     if images.shape[1:3] != (resolution, resolution):
         raise UserError(f"{where} holds {images.shape[2]}x{images.shape[1]} images but the "
-                        f"training resolution is {resolution}x{resolution}: {hint}")
+                        f"training resolution is {resolution}x{resolution}: extract it again "
+                        f"with `resolution` {resolution}, or train with `resolution` "
+                        f"{images.shape[1]}")
     return images
-
-
-def _extract_cached(path: Path, resolution: int, progress: bool) -> np.ndarray:
-    from pipeline.extract import ExtractConfig, extract
-
-    if (path / "data.mdb").is_file():
-        from pipeline.lsun import LsunSource
-
-        source = LsunSource([path])
-    elif path.is_dir():
-        from pipeline.sources import FolderSource
-
-        source = FolderSource(path)
-        if len(source) == 0:
-            raise UserError(f"{path} is neither a dataset directory, an LSUN database nor a "
-                            "folder holding images")
-    else:
-        raise UserError(f"{path} is not a dataset directory, an image folder or an LSUN "
-                        "database")
-    out = data_cache_root() / f"{path.name}-{mix_seed(path.resolve()):016x}-{resolution}"
-    log.info("extracting %s into %s (cached)", path, out)
-    extract(source, out, ExtractConfig(resolution=resolution), progress=progress)
-    return Dataset(out).images
 
 
 class DataOrder:

@@ -32,10 +32,15 @@ def local_device(pref: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+def from_env() -> Dist:
+    """This process's place in the group torchrun describes (env vars); alone: world size 1."""
+    return Dist(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def init(device_pref: str) -> tuple[Dist, torch.device]:
-    """Join the process group torchrun describes (env vars); a plain run is world size 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    dist = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    """Join the process group torchrun describes; a plain run is world size 1."""
+    dist = from_env()
     device = local_device(device_pref, dist.local_rank)
     if dist.enabled and not torch.distributed.is_initialized():
         if device.type == "cuda":

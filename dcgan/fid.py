@@ -147,13 +147,12 @@ def real_images(spec: str | Path, resolution: int, n: int, seed: int = 0) -> np.
     """Up to ``n`` real images (uint8 N x H x W x 3): 'fashion-mnist' (its train split), a
     dataset directory (any resolution: Inception resizes), an image folder or LSUN database
     (extracted at ``resolution`` and cached, as the trainer does)."""
-    from dcgan.data import open_images
     from dcgan.labelled import fashion_mnist, is_fashion_mnist
-    from pipeline.dataset import Dataset, is_dataset
+    from pipeline.extract import as_dataset
 
     if is_fashion_mnist(spec):
         return fashion_mnist("train", resolution, n, seed).images
-    images = Dataset(spec).images if is_dataset(spec) else open_images(spec, resolution)
+    images = as_dataset(spec, resolution).images
     if len(images) > n:
         rng = np.random.default_rng(seed)
         return np.asarray(images[np.sort(rng.choice(len(images), n, replace=False))])

@@ -15,9 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dcgan.checkpoint import sample_z  # noqa: F401  (also importable from here)
-
-RESOLUTIONS = (32, 64, 128)
+RESOLUTIONS = (32, 64, 128)  # image sides the construction below supports
+Z_DISTS = ("uniform", "normal")  # z's distributions: uniform in [-1, 1] (the paper), N(0, 1)
 
 
 def _blocks(resolution: int) -> int:
@@ -131,3 +130,21 @@ def build_models(config: Any) -> tuple[Generator, Discriminator]:
     g.apply(weights_init)
     d.apply(weights_init)
     return g, d
+
+
+def sample_z(n: int, config: Any, generator: torch.Generator | None = None,
+             device: Any = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``n`` noise vectors (n, nz) from the distribution of ``config`` (nz, z_dist).
+
+    ``generator``: a ``torch.Generator`` (its device is used when ``device`` is None).
+    ``out``: an existing (n, nz) tensor to fill in place (no allocation).
+    """
+    if out is None:
+        if device is None:
+            device = generator.device if generator is not None else "cpu"
+        out = torch.empty(n, config.nz, device=device)
+    if config.z_dist == "uniform":
+        return out.uniform_(-1.0, 1.0, generator=generator)
+    if config.z_dist == "normal":
+        return out.normal_(0.0, 1.0, generator=generator)
+    raise ValueError(f"z_dist must be one of {Z_DISTS} (got {config.z_dist!r})")

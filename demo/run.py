@@ -169,13 +169,9 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
         run = od.own("run/")
         tconfig = TrainConfig(resolution=config.resolution, ngf=config.width,
                               ndf=config.width, batch_size=config.batch_size,
-                              steps=config.steps, seed=config.seed, device=config.device,
-                              sample_every=max(1, config.steps // 4),
-                              log_every=max(1, config.steps // 40),
-                              checkpoint_every=config.steps)
+                              steps=config.steps, seed=config.seed, device=config.device)
         if not d.skipped:  # new training data: a new run
             od.remove("run/")
-            shutil.rmtree(run, ignore_errors=True)
         resume = (run / "config.json").exists()
         t = train(scenes, run, tconfig, resume=resume, progress=progress)
         G, gconfig = load_generator(run)

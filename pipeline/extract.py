@@ -8,6 +8,7 @@ thumbnail the dedup stage needs (``thumbs``). Unreadable records are dropped wit
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from pipeline.outputs import cache_root
 from pipeline.runner import worker_state
 from pipeline.sources import DatasetSource, Source, open_source
 from pipeline.stage import HOW, check_parallelism, identity, run_stage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -130,12 +133,15 @@ def as_dataset(path: str | Path, resolution: int, progress: bool = True) -> Data
     key = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:16]
     out = cache_root() / "datasets" / f"{Path(path).name}-{key}-{resolution}"
     config = ExtractConfig(resolution=resolution)
+    log.info("extracting %s at %d px into %s (cached)", path, resolution, out)
     try:
-        extract(source, out, config, progress=progress)
+        r = extract(source, out, config, progress=progress)
     except UserError as e:
         if e.param != "overwrite":
             raise
         # The cache is the tool's own: an extraction of an older state of the source is
         # replaced (the source changed since).
-        extract(source, out, config, overwrite=True, progress=progress)
+        r = extract(source, out, config, overwrite=True, progress=progress)
+    if r.skipped:
+        log.info("reusing the extraction in %s", out)
     return Dataset(out)

@@ -98,22 +98,44 @@ class OutputDir:
         self._lock_fd: int | None = None
 
     # -- opening and closing ---------------------------------------------------------------
+    def check(self) -> OutputDir:
+        """Refuse what ``open`` would refuse, without creating or locking anything (for a
+        dry run, and before the slow part of a command)."""
+        root = self.root
+        check_separate(root, self.inputs)
+        if root.exists() and not root.is_dir():
+            raise UserError(f"the output {root} exists and is not a folder: choose another folder")
+        if not root.is_dir():
+            return self
+        if not (root / OWNER).exists():
+            self._refuse_foreign()  # not ours: refused before anything is created in it
+        else:
+            self._refuse_other_kind()
+            self._owned = self._read_owned()
+            self._refuse_foreign()
+        return self
+
+    def _refuse_other_kind(self) -> None:
+        kind = owner_kind(self.root)
+        if kind != self.kind:
+            what = {"dataset": "a dataset directory", "run": "a training run directory",
+                    "demo": "a demo's folder"}
+            raise UserError(f"{self.root} is {what.get(kind, 'not a folder of this tool')}, "
+                            f"not {what.get(self.kind, self.kind)}: choose another folder")
+
     def open(self) -> OutputDir:
         root = self.root
         check_separate(root, self.inputs)
         if root.exists() and not root.is_dir():
-            raise UserError(f"the output {root} exists and is not a folder")
+            raise UserError(f"the output {root} exists and is not a folder: choose another folder")
         if root.is_dir() and not (root / OWNER).exists():
             self._refuse_foreign()  # not ours: refused before anything is created in it
         root.mkdir(parents=True, exist_ok=True)
         self._lock()
         try:
-            kind = owner_kind(root)
-            if (root / OWNER).exists() and kind != self.kind:
-                what = {"dataset": "a dataset directory", "run": "a training run directory"}
-                raise UserError(f"{root} is {what.get(kind, 'not a folder of this tool')}, "
-                                f"not {what.get(self.kind, self.kind)}: choose another folder")
-            if not (root / OWNER).exists():
+            if (root / OWNER).exists():
+                self._refuse_other_kind()
+            else:
                 with open(root / OWNER, "a") as f:
                     f.write(json.dumps({"tool": _TOOL, "kind": self.kind}) + "\n")
                     f.flush()

@@ -6,14 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from dcgan.checkpoint import (
-    TrainConfig,
-    load_discriminator,
-    load_generator,
-    sample_z,
-    save_checkpoint,
-)
-from dcgan.models import Discriminator, Generator, build_models, weights_init
+from dcgan.checkpoint import load_discriminator, load_generator, save_checkpoint
+from dcgan.config import TrainConfig
+from dcgan.models import Discriminator, Generator, build_models, sample_z, weights_init
 from pipeline.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

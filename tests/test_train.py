@@ -9,17 +9,16 @@ import pytest
 import torch
 
 from dcgan.checkpoint import (
-    TrainConfig,
     find_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     load_generator,
-    sample_z,
 )
+from dcgan.config import TrainConfig
 from dcgan.data import DataOrder, Feed
-from dcgan.models import build_models
-from dcgan.train import Trainer, TrainingDiverged, resolve_config, train
+from dcgan.models import build_models, sample_z
+from dcgan.train import Trainer, TrainingDiverged, start_run, train
 from pipeline.dataset import Dataset
 from pipeline.errors import UserError
 
@@ -45,7 +44,8 @@ def test_resume_is_bit_exact(data32, tmp_path):
     r = train(data32, tmp_path / "full", full, progress=False)
     assert r["status"] == "finished" and r["step"] == 6 and r["speed"] == "eager"
     train(data32, tmp_path / "half", full.replace(steps=3), progress=False)
-    config = resolve_config(tmp_path / "half", {"steps": 6}, resume=True)
+    config = start_run(data32, tmp_path / "half", {"steps": 6}, resume=True,
+                       open_data=False).config
     assert config == full  # the checkpoint's config, with the new total
     r2 = train(data32, tmp_path / "half", config, resume=True, progress=False)
     assert r2["steps_run"] == 3 and r2["step"] == 6
@@ -63,8 +63,9 @@ def test_resume_is_bit_exact(data32, tmp_path):
     for s in (2, 6):
         assert {k: v for k, v in m_full[s].items() if k != "img_per_s"} == \
             {k: v for k, v in m_half[s].items() if k != "img_per_s"}
-    # A third run in the same place must resume, not silently start over.
-    with pytest.raises(UserError, match="--resume"):
+    # A third run in the same place must resume, not silently start over (the CLI's words
+    # are tested in test_train_cli.py).
+    with pytest.raises(UserError, match="already holds a run.*continue it with `resume`"):
         train(data32, tmp_path / "full", full, progress=False)
     with pytest.raises(UserError, match="another config.*lr: 0.0002 -> 0.001"):
         train(data32, tmp_path / "full", full.replace(lr=1e-3, steps=8), resume=True,
@@ -227,3 +228,119 @@ def test_a_failure_in_g_half_of_the_step_leaves_d_trainable(data32):
     after = [*t.D.parameters(), *t.G.parameters()]
     assert all(not torch.equal(a, b) for a, b in zip(before, after))
     t.close()
+
+
+def test_monitoring_intervals_scale_with_the_run():
+    """Unset intervals give ~100-250 metrics lines, 8-20 grids and 4-10 checkpoints for any
+    run length, in round numbers; given ones are kept."""
+    assert TrainConfig(steps=150).intervals() == (1, 10, 20)
+    assert TrainConfig(steps=10000).intervals() == (50, 500, 1000)  # the old fixed defaults
+    assert TrainConfig(steps=600).intervals() == (5, 50, 100)
+    for steps in (1, 7, 150, 999, 1001, 12345, 10**6):
+        every = TrainConfig(steps=steps).intervals()
+        assert steps <= 250 or 100 <= steps // every.log <= 250
+        assert steps <= 20 or 8 <= steps // every.sample <= 20
+        assert str(every.log).strip("0") in ("1", "2", "5")
+    assert TrainConfig(steps=150, log_every=7).intervals() == (7, 10, 20)
+    with pytest.raises(UserError, match="`log-every` must be at least 1"):
+        TrainConfig(log_every=0)
+
+
+def test_a_short_run_gives_a_readable_curve_and_several_grids(data32, tmp_path):
+    """150 steps used to log 3 points and write one grid; loss.png has both panels."""
+    run = tmp_path / "run"
+    config = TrainConfig(**{k: v for k, v in TINY.items() if not k.endswith("every")},
+                         steps=150)
+    train(data32, run, config, progress=False)
+    steps = [json.loads(x)["step"] for x in open(run / "metrics.jsonl")]
+    assert steps == list(range(1, 151))
+    assert len(list((run / "samples").glob("step-*.png"))) == 15
+    assert [p.name for p in list_checkpoints(run)] == [
+        "step-00000150.pt", "step-00000140.pt", "step-00000120.pt"]  # 3: every 20, the end
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["log_every"], saved["sample_every"], saved["checkpoint_every"]) == (1, 10, 20)
+    import cv2
+
+    png = cv2.imread(str(run / "loss.png"))[..., ::-1]  # RGB
+    assert png.shape == (400, 800, 3)
+    left, right = png[:, :400].reshape(-1, 3), png[:, 400:].reshape(-1, 3)
+
+    def has(pixels: np.ndarray, rgb: tuple[int, int, int]) -> bool:
+        return int((np.abs(pixels.astype(int) - rgb).sum(1) < 80).sum()) > 300
+
+    from dcgan.run import _COLOURS
+
+    assert has(left, _COLOURS["loss_d"]) and has(left, _COLOURS["loss_g"])
+    assert has(right, _COLOURS["d_real"]) and has(right, _COLOURS["d_fake"])
+    assert not has(left, _COLOURS["d_real"]) and not has(right, _COLOURS["loss_g"])
+
+
+def test_round_ticks():
+    from dcgan.run import _tick_label, nice_ticks
+
+    assert nice_ticks(0, 150) == [0, 50, 100, 150]
+    assert nice_ticks(0.04, 8.33) == [0, 2, 4, 6, 8, 10]
+    assert [_tick_label(t) for t in nice_ticks(0, 1)] == ["0", "0.2", "0.4", "0.6", "0.8", "1"]
+    assert _tick_label(20000.0) == "20k"
+
+
+def test_resume_reads_the_checkpoint_once(data32, tmp_path, monkeypatch):
+    """Resuming used to load the newest checkpoint three times before the first step."""
+    import dcgan.checkpoint
+
+    run = tmp_path / "run"
+    train(data32, run, TrainConfig(**TINY, steps=2), progress=False)
+    loads = []
+    real = dcgan.checkpoint.load_checkpoint
+    monkeypatch.setattr(dcgan.checkpoint, "load_checkpoint",
+                        lambda *a, **k: (loads.append(a[0]), real(*a, **k))[1])
+    r = train(data32, run, TrainConfig(**TINY, steps=2), resume=True, progress=False)
+    assert r["steps_run"] == 0 and len(loads) == 1
+
+
+def _imports(path) -> set[str]:
+    """Modules ``path`` imports at run time (module level or in functions; not the ones
+    under ``if TYPE_CHECKING``)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+            and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found
+
+
+def test_training_modules_import_no_cycle_and_speak_no_flags():
+    """dcgan's training modules form no import cycle (models does not import checkpoint);
+    their errors name arguments, not command-line flags."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "dcgan"
+    mods = ["config", "models", "checkpoint", "trainer", "train", "run", "data", "ddp"]
+    graph = {m: {i.split(".")[1] for i in _imports(root / f"{m}.py")
+                 if i.startswith("dcgan.") and i.split(".")[1] in mods} for m in mods}
+    # models and config import no other training module: the checkpoint, trainer and loop
+    # build on them, not the other way round.
+    assert "checkpoint" not in graph["models"] and not graph["config"] - {"models"}
+
+    def reaches(a: str, b: str, seen: frozenset = frozenset()) -> bool:
+        return any(n == b or (n not in seen and reaches(n, b, seen | {n})) for n in graph[a])
+
+    assert not [m for m in mods if reaches(m, m)], graph
+    import ast
+
+    for m in ("config", "models", "checkpoint", "trainer", "train", "run"):
+        tree = ast.parse((root / f"{m}.py").read_text())
+        said = [c.value for node in ast.walk(tree) if isinstance(node, ast.Raise) or (
+                    isinstance(node, ast.Call) and ast.unparse(node.func).startswith("log."))
+                for c in ast.walk(node) if isinstance(c, ast.Constant)
+                and isinstance(c.value, str)]
+        assert said and not [t for t in said if re.search(r"--[a-z]", t)], m

@@ -42,8 +42,11 @@ def invoke(*args: str):
 
 
 def user_error(result) -> str:
+    """The error as the CLI prints it (``cli.main`` formats library errors)."""
+    from cli import format_error
+
     assert isinstance(result.exception, UserError), result.output
-    return str(result.exception)
+    return format_error(result.exception)
 
 
 def test_ctrl_c_saves_and_resume_continues(data32, tmp_path):
@@ -87,14 +90,14 @@ def test_image_folder_is_extracted_and_cached(jpeg_folder, tmp_path):
     r = invoke("train", jpeg_folder, "--epochs", "0.8", *TINY[:-1], "--out", tmp_path / "b")
     assert r.exit_code == 0, r.output
     assert "to step 3" in r.output  # 60 images, 16 a step: 0.8 epochs = 3 steps
-    assert "already finished" in r.output  # the cached extraction is reused
+    assert "reusing the extraction" in r.output  # the cached extraction is reused
 
 
 def _dataset(path: Path, shape: tuple[int, ...], n: int) -> Path:
-    w = DatasetWriter(path, "test", {"n": n}, {"images": shape})
-    for i in range(n):
-        w.add(str(i), {"images": np.zeros(shape, np.uint8)})
-    w.finish()
+    with DatasetWriter(path, "test", {"n": n}, {"images": shape}) as w:
+        for i in range(n):
+            w.add(str(i), {"images": np.zeros(shape, np.uint8)})
+        w.finish()
     return path
 
 
@@ -160,3 +163,91 @@ def test_lsun_database_is_extracted_then_trained(lsun_db, tmp_path):
     assert "Trained 1 steps to step 1" in r.output
     config = json.loads((tmp_path / "run/config.json").read_text())
     assert config["data"] == str(lsun_db) and config["resolution"] == 32
+
+
+def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """``python cli.py ARGS`` in this process (fast): exit status, stdout, stderr."""
+    import cli
+
+    monkeypatch.setattr(sys, "argv", ["cli.py", *map(str, args)])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_second_run_into_a_run_points_to_resume(data32, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    assert run_main(monkeypatch, capsys, "train", data32, "--out", run, "--steps", "2",
+                    *TINY)[0] == 0
+    code, _, err = run_main(monkeypatch, capsys, "train", data32, "--out", run, "--steps", "4",
+                            *TINY)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.strip() == f"Error: {run} already holds a run (checkpoints up to step 2): " \
+        "continue it with --resume, or choose another --out"
+
+
+def test_epochs_zero_is_refused(data32, tmp_path, monkeypatch, capsys):
+    """--epochs 0 used to train one step."""
+    for value in ("0", "-1"):
+        code, _, err = run_main(monkeypatch, capsys, "train", data32, "--out", tmp_path / "r",
+                                "--epochs", value, *TINY)
+        assert code == 2 and err.strip() == f"Error: --epochs must be more than 0 (got {value})"
+    assert not (tmp_path / "r").exists()
+
+
+def test_epochs_open_the_data_once(data32, tmp_path, monkeypatch):
+    import dcgan.train
+
+    opened = []
+    real = dcgan.train.open_images
+    monkeypatch.setattr(dcgan.train, "open_images",
+                        lambda *a, **k: (opened.append(a[0]), real(*a, **k))[1])
+    r = invoke("train", data32, "--out", tmp_path / "run", "--epochs", "0.5", *TINY)
+    assert r.exit_code == 0, r.output
+    assert len(opened) == 1
+    assert load_checkpoint(list_checkpoints(tmp_path / "run")[0])["step"] == 2  # 30 of 60
+
+
+@pytest.mark.parametrize("n,batch", [(1, 128), (100, 1000)])
+def test_a_batch_larger_than_the_data_warns_with_the_numbers(tmp_path, monkeypatch, capsys, n,
+                                                             batch):
+    data = _dataset(tmp_path / "d", (32, 32, 3), n)
+    code, _, err = run_main(monkeypatch, capsys, "train", data, "--out", tmp_path / "run",
+                            "--steps", "1", *TINY, "--batch-size", batch)
+    assert code == 0, err
+    assert f"the data holds {n} image{'s' if n > 1 else ''} but a batch is {batch}: each " \
+        f"batch holds every image about {batch // n} times" in err
+
+
+def test_help_shows_every_default():
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    text = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "250"}).output
+    for option, default in [("steps", "10000"), ("batch-size", "128"), ("device", "auto"),
+                            ("seed", "0"), ("lr", "0.0002"), ("keep", "3"),
+                            ("log-every", "(steps/250"), ("sample-every", "(steps/20"),
+                            ("checkpoint-every", "(steps/10"), ("flip", "no-flip"),
+                            ("amp", "amp")]:
+        line = next(x for x in text.splitlines() if x.lstrip("│ ").startswith(f"--{option} "))
+        assert f"[default: {default}" in line, line
+
+
+def test_dry_run_shows_the_derived_intervals_and_resume_derives_them_again(data32, tmp_path):
+    r = invoke("train", data32, "--out", tmp_path / "new", "--steps", "150", "--dry-run")
+    shown = json.loads(r.output.split("config:", 1)[1])
+    assert (shown["log_every"], shown["sample_every"], shown["checkpoint_every"]) == (1, 10, 20)
+    run = tmp_path / "run"
+    assert invoke("train", data32, "--out", run, "--steps", "2", *TINY[:-1]).exit_code == 0
+    ckpt = load_checkpoint(list_checkpoints(run)[0])
+    assert ckpt["config"]["checkpoint_every"] is None  # derived: not a setting of the run
+    r = invoke("train", data32, "--out", run, "--steps", "1000", "--resume", "--dry-run")
+    assert r.exit_code == 0, r.output
+    shown = json.loads(r.output.split("config:", 1)[1])
+    assert (shown["log_every"], shown["sample_every"], shown["checkpoint_every"]) == \
+        (1, 50, 100)  # --log-every 1, --sample-every 50 were given; the other follows --steps
