@@ -237,8 +237,9 @@ class OutputDir:
             raise ValueError(f"{name!r} is not a file this tool wrote here")
         path = self.root / name.rstrip("/")
         if path.is_dir() and not path.is_symlink() and _nested(path) is None:
+            prefix = name.rstrip("/") + "/"
             for sub in sorted(self._owned, reverse=True):
-                if sub.startswith(name.rstrip("/") + "/"):
+                if sub.startswith(prefix) and sub != prefix:
                     self.remove(sub)
             with contextlib.suppress(OSError):
                 path.rmdir()  # only when nothing foreign is left in it
