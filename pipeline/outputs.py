@@ -246,8 +246,9 @@ class OutputDir:
                         (path / OWNER).unlink()
                         (path / LOCK).unlink()
             else:
+                folder = name.rstrip("/") + "/"
                 for sub in sorted(self._owned, reverse=True):
-                    if sub.startswith(name.rstrip("/") + "/"):
+                    if sub.startswith(folder) and sub != folder:  # not itself: no recursion
                         self.remove(sub)
             with contextlib.suppress(OSError):
                 path.rmdir()  # only when nothing foreign is left in it

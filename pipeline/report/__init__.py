@@ -92,6 +92,18 @@ def _sha(path: Path) -> str | None:
         return None
 
 
+def _check_page(out: Path, folder: Path) -> str | None:
+    """The checksum of the page at ``out`` when this tool wrote it (None: no page there);
+    a page it did not write, or one changed since, is refused."""
+    old = _sha(out)
+    record = _load(folder / RECORD) if owner_kind(folder) == "report" else {}
+    if old is not None and (record.get("page") != out.name
+                            or old not in record.get("sha256", [])):
+        raise UserError(f"{out} exists and was not written by this tool (or was changed "
+                        "since): it is never replaced; choose another --out")
+    return old
+
+
 def write_report(dirs: list[str | Path], out: str | Path,
                  config: ReportConfig = ReportConfig()) -> ReportResult:
     """Write the report of the dataset directories ``dirs`` and the chains that made them.
@@ -108,13 +120,9 @@ def write_report(dirs: list[str | Path], out: str | Path,
     inputs = _input_paths(nodes)
     _check_place(out, folder, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _check_page(out, folder)  # before the folder is made
     with OutputDir(folder, "report", inputs) as od:
-        record = _load(folder / RECORD) if od.owns(RECORD) else {}
-        old = _sha(out)
-        if old is not None and (record.get("page") != out.name
-                                or old not in record.get("sha256", [])):
-            raise UserError(f"{out} exists and was not written by this tool (or was changed "
-                            "since): it is never replaced; choose another --out")
+        old = _check_page(out, folder)  # again, under the lock
         od.clear(keep=(RECORD,))
 
         @cache

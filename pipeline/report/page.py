@@ -110,17 +110,23 @@ def _source(node: Source) -> str:
 def _stage(view: StageView, pictures: list[Picture], folder: str) -> str:
     node = view.stage
     ds, s = node.ds, node.ds.stats
-    read = max(int(s.get("read", 0)), 1)
-    rows = [f'<tr><td>read</td><td class="n" data-stat="read">{_n(s.get("read", 0))}</td>'
-            "<td></td></tr>",
+    read = int(s.get("read", 0))
+    # Shares of what was read, where every item read was kept or dropped (not for faces,
+    # where a photo gives any number of detections).
+    whole = read > 0 and int(s.get("kept", 0)) + sum((s.get("dropped") or {}).values()) == read
+
+    def share(n: int) -> str:
+        return f'<td class="n">{n / read:.1%}</td>' if whole else "<td></td>"
+
+    rows = [f'<tr><td>read</td><td class="n" data-stat="read">{_n(read)}</td><td></td></tr>',
             f'<tr><td>kept</td><td class="n" data-stat="kept">{_n(s.get("kept", 0))}</td>'
-            f'<td class="n">{s.get("kept", 0) / read:.1%}</td></tr>']
-    for field, label in (("dropped", "dropped"), ("carried", "carried"),
-                         ("flagged", "flagged")):
+            f'{share(int(s.get("kept", 0)))}</tr>']
+    for field, label in (("dropped", "dropped"), ("carried", "carried from its input"),
+                         ("flagged", "flagged (kept)")):
         for r, n in sorted((s.get(field) or {}).items(), key=lambda kv: -kv[1]):
             rows.append(f'<tr><td>{label}: {escape(r)}</td><td class="n" '
                         f'data-stat="{field}.{escape(r)}">{_n(n)}</td>'
-                        f'<td class="n">{n / read:.1%}</td></tr>')
+                        f'{share(n) if field != "carried" else "<td></td>"}</tr>')
     made_from = ", ".join(f'<a href="#n{i.index}">{escape(_name(i))}</a>' for i in node.inputs)
     out = [f'<section id="n{node.index}" class="stage" data-title="{escape(_name(node))}" '
            f'data-path="{escape(str(ds.root.resolve()))}">',
@@ -207,7 +213,7 @@ def _card(c: Any, i: int, pictures: list[Picture]) -> str:
                  f'height="{pic.height}" alt="{escape(c.key)}">{boxes}</div>')
     else:
         note = escape(pic.note if pic else c.note)
-        photo = f'<div class="item"><div class="ph">{note}</div></div>'
+        photo = f'<div class="item"><div class="ph photo-ph">{note}</div></div>'
     return (f'<div class="card" data-value="{i}" data-key="{escape(c.key)}">{photo}'
             f'<div><div class="key muted">{escape(c.key)}</div><div class="items">'
             + "".join(_tile(t, pictures) for t in c.tiles) + "</div></div></div>")

@@ -352,8 +352,10 @@ def histograms(ds: Any, own: dict[str, list[dict]], thresholds: dict[str, Any],
     for issue, t in thresholds.items():
         sign = "<" if t.get("direction") == "below" else ">"
         limits[t.get("measure")].append((float(t["limit"]), f"{issue} {sign} {t['limit']:.3g}"))
-    order = [n for n in names if n in MEASURES] + [n for n in names if n not in MEASURES]
-    order += [n for n in limits if n not in order and n in cols]
+    # The measures that decide first (in the order of the issues), then the others.
+    deciding = [t.get("measure") for t in thresholds.values()]
+    order = [n for n in dict.fromkeys(deciding) if n in cols]
+    order += [n for n in names if n not in order]
     out = []
     for name in order:
         kept = cols[name]
