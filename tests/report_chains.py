@@ -1,11 +1,13 @@
-"""Real dataset chains for the report's tests: planted-issue photos in an LSUN database with
-near-duplicates and corrupt records, through the real extraction and dedup, then a filter
-output written to the filter stage's contract with the real quality measures; and a face
-dataset from the real face stage."""
+"""Real dataset chains for the report's tests and benchmark: planted-issue photos in an LSUN
+database with near-duplicates and corrupt records, through the real extraction and dedup, then
+a filter output written to the filter stage's contract with the real quality measures; and
+headless Chromium to open the page in."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,3 +88,56 @@ def _measure(data: bytes) -> dict[str, float]:
         return measure(decode(data))
     except DecodeError:
         raise AssertionError("a kept record must decode") from None
+
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def start_chromium() -> Any:
+    """Headless Debian Chromium under Selenium, keeping the browser's console log; raises
+    ``RuntimeError`` saying what is missing."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        raise RuntimeError(f"no browser: {', '.join(missing)} missing (apt-get install "
+                           "chromium chromium-driver)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        raise RuntimeError("selenium is not installed (pip install -e '.[report-tests]')") \
+            from None
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager download
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+
+
+def open_page(driver: Any, page: Path) -> float:
+    """Load ``page`` from disk; the milliseconds from navigation to its load event (every
+    image loaded)."""
+    driver.get(page.resolve().as_uri())
+    return float(driver.execute_script(
+        "return performance.getEntriesByType('navigation')[0].loadEventEnd"))
+
+
+def load_all_images(driver: Any) -> list[str]:
+    """Scroll through the page so every lazily loaded picture loads; the sources of those
+    that did not (not complete, or no width)."""
+    driver.set_script_timeout(60)
+    return driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        (async () => {
+          for (let y = 0; y < document.body.scrollHeight; y += 600) {
+            window.scrollTo(0, y);
+            await new Promise(r => setTimeout(r, 20));
+          }
+          await Promise.all(Array.from(document.images).map(i => i.complete ? 0 :
+            new Promise(r => { i.addEventListener("load", r); i.addEventListener("error", r); })));
+          window.scrollTo(0, 0);
+          done(Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))
+            .map(i => i.src));
+        })();""")

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from report_chains import planted_lsun, write_filter
+from report_chains import (
+    load_all_images,
+    open_page,
+    planted_lsun,
+    start_chromium,
+    write_filter,
+)
 
 from pipeline.dataset import Dataset
 from pipeline.decode import decode
@@ -24,7 +30,6 @@ from pipeline.errors import UserError
 from pipeline.report import ReportConfig, files_folder, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
 # -- the chain --------------------------------------------------------------------------------
@@ -343,32 +348,12 @@ def test_a_source_that_is_gone_gets_placeholders(chain, tmp_path):
 @pytest.fixture(scope="module")
 def browser():
     """Headless Chromium under Selenium, with the browser's console log."""
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if missing:
-        pytest.skip(f"no browser: {', '.join(missing)} missing (apt-get install chromium "
-                    "chromium-driver)")
     try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install -e '.[report-tests]')")
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager download
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1000"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+        driver = start_chromium()
+    except RuntimeError as e:
+        pytest.skip(str(e))
     yield driver
     driver.quit()
-
-
-def _open(driver, page: Path) -> float:
-    """Load ``page``; the milliseconds to its load event (every image loaded)."""
-    driver.get(page.resolve().as_uri())
-    return driver.execute_script(
-        "return performance.getEntriesByType('navigation')[0].loadEventEnd")
 
 
 def _screenshot(driver, name: str, tmp_path: Path) -> list[Path]:
@@ -389,13 +374,11 @@ def test_page_in_chromium(browser, chain, report, tmp_path):
     from selenium.webdriver.common.keys import Keys
 
     browser.get_log("browser")  # start clean
-    ms = _open(browser, report)
+    ms = open_page(browser, report)
     errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
     assert not errors, errors
-    broken = browser.execute_script(
-        "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
-        ".map(i => i.src)")
-    assert broken == [] and browser.execute_script("return document.images.length") > 50
+    assert load_all_images(browser) == []  # pictures load lazily, as they are scrolled to
+    assert browser.execute_script("return document.images.length") > 50
     # The counts the browser shows are stats.json's.
     for section in browser.find_elements(By.CSS_SELECTOR, "section[data-path], tr[data-path]"):
         stats = json.loads((Path(section.get_attribute("data-path")) / "stats.json")
@@ -448,3 +431,16 @@ def test_page_in_chromium(browser, chain, report, tmp_path):
     paths = _screenshot(browser, "report.png", tmp_path)
     print(f"report page loaded in {ms:.0f} ms; screenshot: {paths[-1]}")
     assert paths[0].stat().st_size > 10000
+
+
+def test_the_browser_checks_catch_a_missing_picture(browser, report, tmp_path):
+    """The checks above can fail: a copy of the page with one picture deleted."""
+    page = tmp_path / report.name
+    shutil.copy(report, page)
+    shutil.copytree(files_folder(report), files_folder(page))
+    gone = sorted((files_folder(page) / "img").glob("*.png"))[0]
+    gone.unlink()
+    browser.get_log("browser")
+    open_page(browser, page)
+    assert [Path(s).name for s in load_all_images(browser)] == [gone.name]
+    assert any(gone.name in e["message"] for e in browser.get_log("browser"))

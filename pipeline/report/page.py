@@ -191,8 +191,8 @@ def _gallery(g: Gallery, pictures: list[Picture], index: int) -> str:
 def _tile(t: Tile, pictures: list[Picture]) -> str:
     pic = pictures[t.pic] if t.pic is not None else None
     if pic is not None and pic.src:
-        img = (f'<img src="{escape(pic.src)}" width="{pic.width}" height="{pic.height}" '
-               f'alt="{escape(t.key)}">')
+        img = (f'<img loading="lazy" src="{escape(pic.src)}" width="{pic.width}" '
+               f'height="{pic.height}" alt="{escape(t.key)}">')
     else:
         img = f'<div class="ph">{escape(t.note or (pic.note if pic else "no pixels"))}</div>'
     value = f' data-value="{t.value:.6g}"' if t.value is not None else ""
@@ -209,8 +209,8 @@ def _card(c: Any, i: int, pictures: list[Picture]) -> str:
             f'<div class="box {cls}" style="left:{100 * b[0] / w:.2f}%;top:{100 * b[1] / h:.2f}%;'
             f'width:{100 * b[2] / w:.2f}%;height:{100 * b[3] / h:.2f}%">'
             f"<span>{escape(label)}</span></div>" for b, label, cls in c.boxes)
-        photo = (f'<div class="photo"><img src="{escape(pic.src)}" width="{pic.width}" '
-                 f'height="{pic.height}" alt="{escape(c.key)}">{boxes}</div>')
+        photo = (f'<div class="photo"><img loading="lazy" src="{escape(pic.src)}" '
+                 f'width="{pic.width}" height="{pic.height}" alt="{escape(c.key)}">{boxes}</div>')
     else:
         note = escape(pic.note if pic else c.note)
         photo = f'<div class="item"><div class="ph photo-ph">{note}</div></div>'
