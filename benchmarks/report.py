@@ -33,13 +33,13 @@ RES = 32  # stored side of the synthetic datasets (the report reads only sampled
 BLOCK = 4096
 
 
-def _pool(n: int = 512) -> np.ndarray:
+def _pool(res: int, n: int = 512) -> np.ndarray:
     from demo.samples import package_photos, random_view
     from pipeline.decode import center_crop, resize
 
     rng = np.random.default_rng(0)
     photos = [p for _, p in package_photos()]
-    return np.stack([resize(center_crop(random_view(photos[i % len(photos)], rng, 96)), RES)
+    return np.stack([resize(center_crop(random_view(photos[i % len(photos)], rng, 96)), res)
                      for i in range(n)])
 
 
@@ -49,7 +49,8 @@ def build_chain(root: Path, n: int, pool: np.ndarray) -> Path:
     rng = np.random.default_rng(n)
     keys = [f"{i:08x}{rng.integers(1 << 62):016x}" for i in range(n)]
     corrupt = set(rng.choice(n, max(1, n // 1000), replace=False).tolist())
-    arrays = {"images": (RES, RES, 3), "thumbs": (RES, RES, 3)}
+    res = pool.shape[1]
+    arrays = {"images": (res, res, 3), "thumbs": (res, res, 3)}
     lineage = [{"kind": "lsun", "databases": [str(root / "gone_lmdb")], "count": n}]
     with DatasetWriter(root / "extract", "extract", {"n": n}, arrays, lineage=lineage) as w:
         for s in range(0, n, BLOCK):
@@ -153,6 +154,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/report-bench"))
     ap.add_argument("--demo", action="store_true")
     ap.add_argument("--max-per-gallery", type=int, default=48)
+    ap.add_argument("--resolution", type=int, default=RES, help="stored side of the synthetic "
+                    "chains' pictures (8 keeps a million-item chain to ~1 GB)")
     args = ap.parse_args()
     from report_chains import open_page, start_chromium
 
@@ -166,10 +169,10 @@ def main() -> None:
     blank.write_text("<!doctype html><title>blank</title><link rel=icon href='data:,'>")
     if driver:
         open_page(driver, blank)
-    pool = _pool()
+    pool = _pool(args.resolution)
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
-        root = args.out / f"chain{n}"
+        root = args.out / f"chain{n}-{args.resolution}"
         if not (root / "filter" / "COMPLETE").exists():
             shutil.rmtree(root, ignore_errors=True)
             t = time.perf_counter()

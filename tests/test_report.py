@@ -279,6 +279,26 @@ def test_key_lookup_index_holds_every_decision(chain, report):
     assert f'id="{dup[4]}"' in report.read_text()
 
 
+def test_dataset_lookups_without_parsing_the_manifest(tmp_path):
+    """``find``, ``records`` and ``having`` read only what they return; odd keys included."""
+    from pipeline.dataset import DatasetWriter
+
+    keys = ['plain', 'quote"in', 'back\\slash', 'unicode é', 'key": "x', '\\x41']
+    with DatasetWriter(tmp_path / "d", "test", {}, {"images": (2, 2, 3)}) as w:
+        for i, k in enumerate(keys):
+            w.add(k, {"images": np.full((2, 2, 3), i, np.uint8)},
+                  **({"flags": [{"issue": "dark"}]} if i % 2 else {"flags": []}))
+            w.advance()
+        w.finish()
+    ds = Dataset(tmp_path / "d")
+    assert ds.find(keys + ["absent"]) == {k: i for i, k in enumerate(keys)}
+    assert ds.records([4, 1]) == {1: ds.manifest[1], 4: ds.manifest[4]}
+    fresh = Dataset(tmp_path / "d")
+    assert sorted(fresh.having("flags")) == [1, 3, 5]
+    with pytest.raises(IndexError):
+        fresh.records([6])
+
+
 # -- safety ---------------------------------------------------------------------------------
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)],

@@ -55,7 +55,10 @@ def render(nodes: list[Node], views: dict[int, StageView], pictures: list[Pictur
 
 
 def _name(node: Node) -> str:
-    return f"{node.index}. {node.title if isinstance(node, Stage) else 'source'}"
+    if isinstance(node, Stage):
+        return f"{node.index}. {node.title}"
+    kind = {"lsun": "LSUN", "folder": "folder"}.get(str(node.ident.get("kind")), "source")
+    return f"{node.index}. {kind}"
 
 
 def _chain(nodes: list[Node]) -> str:
