@@ -11,10 +11,10 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.report.chain import Node, Source, Stage
+from pipeline.report.histograms import Histogram
+from pipeline.report.items import Gallery, Tile
 from pipeline.report.pixels import Picture
-from pipeline.report.views import Gallery, Histogram, StageView, Tile
-
-_STATS_SHOWN = ("read", "kept", "seconds")
+from pipeline.report.views import StageView
 
 
 def _n(v: Any) -> str:
