@@ -139,12 +139,12 @@ def _input(ident: dict[str, Any], memo: dict[str, Node], order: list[Node],
         changed = [str(d) for d, s in zip(dbs, stamps) if str(d) not in gone and s
                    and _stamp(d) != s]
         note = f"not found: {', '.join(gone)}" if gone else ""
-        node = _source(ident, "LSUN " + ", ".join(map(str, dbs)), note)
+        node = _source(ident, ", ".join(map(str, dbs)), note)
         if changed:
             node.title += f" (changed since it was read: {', '.join(changed)})"
     elif kind == "folder":
         path = Path(str(ident.get("path")))
-        node = _source(ident, f"folder {path}", "" if path.is_dir() else "not found")
+        node = _source(ident, str(path), "" if path.is_dir() else "not found")
     else:
         node = _source(ident, f"{kind} source", f"a {kind} source is not known to the report")
     memo[key] = node

@@ -73,7 +73,8 @@ def _chain(nodes: list[Node]) -> str:
             "<th>dropped</th><th>carried from inputs</th><th>dataset</th></tr>"]
     for node in nodes:
         if isinstance(node, Source):
-            rows.append(f'<tr><td>{node.index}</td><td>source</td><td class="n">'
+            rows.append(f'<tr><td>{node.index}</td><td>{escape(_name(node).split(" ", 1)[1])}'
+                        '</td><td class="n">'
                         f'{_n(node.count) if node.count is not None else ""}</td><td></td>'
                         f"<td></td><td></td><td>{escape(node.title)}"
                         + (f' <b>{escape(node.note)}</b>' if node.note else "") + "</td></tr>")

@@ -20,6 +20,7 @@
   const res = document.getElementById("qres");
   function filter() {
     const text = q.value.trim().toLowerCase();
+    if (!text) res.textContent = "";
     document.querySelectorAll(".gallery").forEach(function (g) {
       let n = 0;
       Array.from(g.querySelector(".items").children).forEach(function (el) {
