@@ -386,6 +386,33 @@ def dedup_cmd(
         + f" Review {r.path / 'review.png'}; wrote {r.path}")
 
 
+@app.command("report", short_help="One HTML page of what every stage kept and dropped, "
+             "and why.")
+def report_cmd(
+    dirs: list[Path] = typer.Argument(..., metavar="DIR...", help="Dataset directories: each "
+                                      "one's chain of stages is followed to its sources."),
+    out: Path = typer.Option(..., "--out", "-o", help="The page, e.g. report.html (its "
+                             "pictures go in report_files/ beside it)."),
+    max_per_gallery: int = typer.Option(48, min=1, help="Items shown per gallery; larger "
+                                        "ones are sampled evenly over the deciding measure."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Write one self-contained HTML page (open it from disk in any browser) of a dataset and
+    the chain of stages that made it: counts per stage and reason, a gallery per drop reason,
+    duplicate groups, faces with their photo, measures with their thresholds.
+
+    Example: python cli.py report data/bedroom64-dedup --out report.html
+    """
+    from pipeline.report import ReportConfig, write_report
+
+    setup_logging(quiet)
+    r = write_report(dirs, out, ReportConfig(max_per_gallery=max_per_gallery))
+    if not quiet:
+        typer.echo(f"Wrote {r.path} ({r.stages} stages, {r.nodes - r.stages} sources; "
+                   f"{r.pictures} pictures in {r.folder}) in {sum(r.seconds.values()):.1f}s. "
+                   "Open it in a browser.")
+
+
 # --- The paper's experiments over a training run (dcgan/sampling, filters, features, fid,
 # memorization). Each takes a run directory or a checkpoint file.
 RunArg = typer.Argument(..., help="A run directory (its latest valid checkpoint) or a "

@@ -192,20 +192,29 @@ class OutputDir:
         """List ``name`` (a path relative to the folder; a trailing ``/`` for a folder) and
         the folders it is in as the tool's, durably, before it is created; returns its
         path."""
+        return self.own_many([name])[0]
+
+    def own_many(self, names: Iterable[str]) -> list[Path]:
+        """``own`` for many names with one durable write (a report's hundreds of images:
+        one fsync each took seconds)."""
         if self._lock_fd is None:
             raise RuntimeError("OutputDir is not open")
-        if not _safe(name):
-            raise ValueError(f"not a relative path inside the output: {name!r}")
-        parts = name.rstrip("/").split("/")
-        for i in range(1, len(parts)):  # the folders it is in are the tool's too
-            self.own("/".join(parts[:i]) + "/")
-        if name not in self._owned:
+        names = list(names)
+        new: dict[str, None] = {}  # in order, once each
+        for name in names:
+            if not _safe(name):
+                raise ValueError(f"not a relative path inside the output: {name!r}")
+            parts = name.rstrip("/").split("/")
+            for n in ["/".join(parts[:i]) + "/" for i in range(1, len(parts))] + [name]:
+                if n not in self._owned:
+                    new[n] = None
+        if new:
             with open(self.root / OWNER, "a") as f:
-                f.write(json.dumps(name) + "\n")
+                f.write("".join(json.dumps(n) + "\n" for n in new))
                 f.flush()
                 os.fsync(f.fileno())
-            self._owned.add(name)
-        return self.root / name.rstrip("/")
+            self._owned.update(new)
+        return [self.root / n.rstrip("/") for n in names]
 
     def owns(self, name: str) -> bool:
         return name in self._owned or name.rstrip("/") + "/" in self._owned
