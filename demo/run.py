@@ -117,6 +117,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
     from pipeline.extract import ExtractConfig
     from pipeline.faces import FacesConfig, detect_faces
     from pipeline.lsun import LsunSource
+    from pipeline.report import write_report
     from pipeline.sources import FolderSource
 
     t0 = time.monotonic()
@@ -178,6 +179,11 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
         grid = sample(G, gconfig, od.own("samples.png"), n=64, seed=config.seed)["grid"]
         lap("train")
 
+        page = od.own("report.html")
+        od.own("report_files/")
+        write_report([scenes, faces], page)
+        lap("report")
+
         report = {
             "out": str(out),
             "lsun": {"records": truth["records"], "planted_duplicates": len(planted),
@@ -192,6 +198,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
                       "device": t.get("device"),
                       "img_per_s": round(t.get("img_per_s", 0)), "samples": grid,
                       "loss_curve": str(run / "loss.png"), "path": str(run)},
+            "report": str(page),
             "seconds": times,
         }
         write_json(od.own("report.json"), report)
@@ -230,4 +237,6 @@ def format_report(r: dict[str, Any]) -> str:
         f"Samples: {t['samples']}; losses: {t['loss_curve']}",
         "   (a few minutes of CPU training gives colour and layout, not scenes: the paper's "
         "samples take hours on a GPU)",
+        f"5. report: every decision of the chain, in one page: {r['report']} (open it in a "
+        "browser)",
     ])
