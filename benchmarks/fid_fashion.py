@@ -80,8 +80,9 @@ def main() -> None:
 
     from dcgan.checkpoint import TrainConfig, load_generator
     from dcgan.fid import FidEvaluator
-    from dcgan.labelled import fashion_mnist, write_fashion_mnist
+    from dcgan.labelled import fashion_mnist
     from dcgan.train import train
+    from demo.samples import write_fashion_mnist
 
     tmp = Path(tempfile.mkdtemp(prefix="fid_fashion_"))
     data = write_fashion_mnist(tmp / "fm", args.resolution, "train", args.train_images,

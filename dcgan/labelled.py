@@ -2,8 +2,8 @@
 
 Fashion-MNIST (``dataset-fashion-mnist``: 60k train + 10k test, 28 x 28 grey, 10 classes)
 stands in for CIFAR-10, which is not reachable offline. It is upscaled to the training
-resolution and repeated to RGB, so the same network reads it; ``write_fashion_mnist`` makes
-a dataset directory of it for the trainer (images + 32 x 32 thumbnails for dedup).
+resolution and repeated to RGB, so the same network reads it
+(``demo.samples.write_fashion_mnist`` makes a dataset directory of it for the trainer).
 """
 
 from __future__ import annotations
@@ -134,24 +134,3 @@ def load_labelled(spec: str | Path, resolution: int = 64, limit: int | None = No
     if limit and limit < len(data.labels):
         data = data.subset(stratified(data.labels, limit, seed))
     return data
-
-
-def write_fashion_mnist(out: str | Path, resolution: int = 64, split: str = "train",
-                        limit: int | None = None, seed: int = 0) -> Path:
-    """Fashion-MNIST as a dataset directory the trainer reads (``images`` at ``resolution``,
-    32 x 32 ``thumbs``; the class goes in each manifest line as ``label``)."""
-    from pipeline.dataset import DatasetWriter
-    from pipeline.decode import THUMB, resize
-
-    data = fashion_mnist(split, resolution, limit, seed)
-    config = {"source": "fashion-mnist", "split": split, "limit": limit, "seed": seed,
-              "resolution": resolution}
-    writer = DatasetWriter(out, "fashion-mnist", config,
-                           {"images": (resolution, resolution, 3), "thumbs": (THUMB, THUMB, 3)})
-    if not writer.done:
-        for i, (img, label) in enumerate(zip(data.images, data.labels)):
-            writer.add(f"{split}/{i}", {"images": img, "thumbs": resize(img, THUMB)},
-                       label=int(label))
-            writer.advance()
-        writer.finish()
-    return Path(out)

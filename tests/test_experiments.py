@@ -23,9 +23,9 @@ from dcgan.fid import (
     kernel_inception_distance,
     load_inception,
 )
-from dcgan.labelled import load_labelled, read_fashion_mnist, write_fashion_mnist
+from dcgan.labelled import load_labelled, read_fashion_mnist
 from dcgan.train import train
-from demo.samples import encode, package_photos, random_view
+from demo.samples import encode, package_photos, random_view, write_fashion_mnist
 from pipeline.dataset import Dataset
 from pipeline.errors import UserError
 
