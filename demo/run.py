@@ -110,7 +110,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
     are unchanged and redoes the others; ``overwrite`` first deletes everything the demo
     wrote there, so that all of it is made again.
     """
-    from dcgan.checkpoint import TrainConfig, load_generator
+    from dcgan.checkpoint import TrainConfig, list_checkpoints, load_generator
     from dcgan.sampling import sample
     from dcgan.train import train
     from pipeline.dedup.stage import DedupConfig, dedup_lsun
@@ -173,7 +173,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
                               steps=config.steps, seed=config.seed, device=config.device)
         if not d.skipped:  # new training data: a new run
             od.remove("run/")
-        resume = (run / "config.json").exists()
+        resume = bool(list_checkpoints(run))
         t = train(scenes, run, tconfig, resume=resume, progress=progress)
         G, gconfig = load_generator(run)
         grid = sample(G, gconfig, od.own("samples.png"), n=64, seed=config.seed)["grid"]

@@ -4,7 +4,7 @@ As the paper's face set (section 4.2: OpenCV face detection on web photos, keepi
 sufficiently high-resolution faces): every photo is decoded once, faces are detected (on a
 downscaled copy when the photo is larger than needed), overlapping detections are suppressed
 and each face is kept as a square crop with a margin when its box is at least ``min_size``
-source pixels. Every detection that is not kept goes to ``rejected.jsonl`` with its box and a
+source pixels. Every detection that is not kept goes to the ``rejected`` list with its box and a
 reason (``too_small``, ``low_score``, ``overlap``); unreadable photos go there as ``corrupt``
 (``too_large`` for decompression bombs). Contact sheets of kept and rejected faces are
 written next to the dataset.

@@ -90,7 +90,7 @@ def _chain(nodes: list[Node]) -> str:
             f'<td class="path">{escape(str(node.ds.root))}</td></tr>')
     return ('<section id="chain"><h2>The chain</h2><div class="flow">'
             + ' <span class="arrow">→</span> '.join(flow) + "</div><table>" + "".join(rows)
-            + "</table><p class=\"muted\">Counts are those of each stage's stats.json. "
+            + "</table><p class=\"muted\">Counts are those each stage recorded when it finished. "
             "Carried: drops an input had recorded, listed again by the stage.</p></section>")
 
 
