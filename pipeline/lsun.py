@@ -46,8 +46,17 @@ def resolve_databases(paths: list[str | Path], category: str | None = None,
 
 
 def key_text(key: bytes) -> str:
-    """An LMDB key as manifest text: UTF-8 where it is, escaped bytes where it is not."""
-    return key.decode("utf-8", "backslashreplace")
+    """An LMDB key as manifest text, one text per key: a UTF-8 key without a backslash as
+    it is; any other key escaped, each backslash as two and each byte that is not UTF-8 as
+    ``\\xNN`` (so an escaped text always holds a backslash, and reads back one way only).
+    """
+    try:
+        text = key.decode("utf-8")
+        if "\\" not in text:
+            return text
+    except UnicodeDecodeError:
+        pass
+    return key.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
 
 
 class LsunSource:

@@ -110,3 +110,30 @@ def test_zeroed_value_head_page_is_a_corrupt_record(lsun_db, lsun_records, tmp_p
 
     lost = key_text(starts[data[heads[10] * 4096 + 16:][:64]])
     assert lost in {r["key"] for r in Dataset(out).drops()}
+
+
+# -- 5. LMDB keys as text --------------------------------------------------------------------
+def test_key_text_is_one_to_one():
+    """Every key over bytes that meet escapes (backslash, 'x', hex digits, bytes that are
+    not UTF-8, a 2-byte UTF-8 letter), up to 4 bytes long, gets its own text."""
+    import itertools
+
+    from pipeline.lsun import key_text
+
+    alphabet = [b"\\", b"x", b"f", b"a", b"\xff", b"\xc3", b"\xa9"]
+    keys = {b"".join(p) for n in range(5) for p in itertools.product(alphabet, repeat=n)}
+    texts = {key_text(k) for k in keys}
+    assert len(texts) == len(keys)
+    assert key_text(b"0f3a9c") == "0f3a9c" and key_text("café/1".encode()) == "café/1"
+    assert key_text(b"a\xff") == "a\\xff" and key_text(b"a\\xff") == "a\\\\xff"
+
+
+def test_escaped_and_literal_keys_stay_apart_in_the_manifest(photos, tmp_path):
+    keys = [b"a\xff", b"a\\xff", b"a\\\\xff", b"plain"]
+    db = write_lmdb(tmp_path / "keys_lmdb",
+                    [(k, encode(photos[i], "webp")) for i, k in enumerate(keys)])
+    out = tmp_path / "out"
+    r = run_cli("extract", "lsun", str(db), "--out", str(out), "-q", "--resolution", "16")
+    assert r.returncode == 0, r.stderr
+    manifest = [m["key"] for m in Dataset(out).manifest]
+    assert sorted(manifest) == sorted(["a\\xff", "a\\\\xff", "a\\\\\\\\xff", "plain"])
