@@ -292,3 +292,64 @@ def test_cli_drops_damaged_images_as_corrupt(lsun_db, lsun_records, photos, tmp_
     (drop,) = Dataset(tmp_path / "imgs").drops()
     assert drop["key"] == "cut.jpg" and drop["reason"] == "corrupt"
     assert "premature end of data segment" in drop.get("detail", ""), drop
+
+
+# -- 3. photos too wide or tall to warp ------------------------------------------------------
+def test_cli_detect_faces_on_extreme_aspect_photos(photos, tmp_path):
+    """A 44000 x 64 JPEG (its detection copy at the default 3/4 scale is 33,000 px wide)
+    and a 1 x 60000 PNG: OpenCV's warpAffine refuses sides of 32,767 px, and the turned
+    passes crashed the run with a traceback, on every rerun. Now they are searched."""
+    import cv2
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    strip = cv2.resize(photos[1], (44000, 64), interpolation=cv2.INTER_AREA)
+    (folder / "wide.jpg").write_bytes(encode(strip, "jpeg", 90))
+    cv2.imwrite(str(folder / "tall.png"), np.full((60000, 1, 3), 128, np.uint8))
+    (folder / "astronaut.jpg").write_bytes(encode(photos[0], "jpeg", 90))
+    out = tmp_path / "faces"
+    for _ in range(2):  # the rerun is a no-op, not a crash
+        r = run_cli("detect-faces", str(folder), "--out", str(out), "-q", "-j", "2")
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    stats = Dataset(out).stats
+    assert stats["read"] == 3 and stats["dropped"].get("corrupt", 0) == 0, stats
+    assert {m["source"] for m in Dataset(out).manifest} == {"astronaut.jpg"}
+
+
+def test_turned_passes_in_windows_find_tilted_faces(photos, monkeypatch):
+    """The windowed turned passes (forced here on a small photo by lowering the warp
+    limit) find the tilted heads the whole-image passes find."""
+    import cv2
+
+    from pipeline import face_detectors as fd
+
+    m = cv2.getRotationMatrix2D((256, 256), 20, 1.0)
+    tilted = cv2.warpAffine(photos[0], m, (512, 512), borderMode=cv2.BORDER_REFLECT)
+    wide = np.concatenate([tilted[:, ::-1], tilted, tilted[:, ::-1]], axis=1)  # 1536 px
+    det = fd.build_detector(fd.DetectorSpec(min_face=40))
+    whole = [d.box for d in det.detect(wide)]
+    monkeypatch.setattr(fd, "WARP_LIMIT", 800)
+    monkeypatch.setattr(fd, "WARP_WINDOW", 500)
+    assert len(list(fd.warpable_windows(np.zeros((461, 1382), np.uint8)))) == 5
+    windowed = [d.box for d in det.detect(wide)]
+    # Every head the whole-image passes find, and the third, at the far end, that a turn
+    # of the whole wide image moves out of its frame.
+    assert len(whole) == 2 and len(windowed) == 3, (whole, windowed)
+    assert all(max(fd.iou(a, b) for b in windowed) >= 0.8 for a in whole), (whole, windowed)
+
+
+def test_upright_view_from_a_neighbourhood_matches_the_whole_image(monkeypatch):
+    """The eye check's view warped from a neighbourhood (images too large to warp) is the
+    whole-image view within interpolation rounding, borders mirrored alike."""
+    from pipeline import face_detectors as fd
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (300, 400), dtype=np.uint8)
+    views = [(float(rng.uniform(10, 150)), float(rng.uniform(-100, 500)),
+              float(rng.uniform(-100, 400)), float(rng.choice([15.0, -15.0])))
+             for _ in range(300)]
+    whole = [fd.upright_view(grey, cx, cy, side, a) for side, cx, cy, a in views]
+    monkeypatch.setattr(fd, "WARP_LIMIT", 100)  # every view now from a neighbourhood
+    for (side, cx, cy, a), ref in zip(views, whole):
+        diff = np.abs(fd.upright_view(grey, cx, cy, side, a).astype(int) - ref)
+        assert (diff > 0).mean() < 0.01 and diff.max() <= 16, (side, cx, cy, diff.max())
