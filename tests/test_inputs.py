@@ -353,3 +353,69 @@ def test_upright_view_from_a_neighbourhood_matches_the_whole_image(monkeypatch):
     for (side, cx, cy, a), ref in zip(views, whole):
         diff = np.abs(fd.upright_view(grey, cx, cy, side, a).astype(int) - ref)
         assert (diff > 0).mean() < 0.01 and diff.max() <= 16, (side, cx, cy, diff.max())
+
+
+# -- 4. workers die with their parent --------------------------------------------------------
+def _session(sid: int) -> list[int]:
+    """Live processes (not zombies) of the session ``sid``, from /proc."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, session, ...
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def many_photos(tmp_path_factory, photos) -> Path:
+    """700 JPEG files, 256 px: 11 extraction tasks (so ``-j 9`` is a pool of 9 processes)
+    and enough work that a pool is busy for a while."""
+    root = tmp_path_factory.mktemp("many") / "photos"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(700):
+        img = random_view(photos[i % len(photos)], rng, 256)
+        (root / f"{i:03d}.jpg").write_bytes(encode(img, "jpeg", 85))
+    return root
+
+
+@pytest.mark.parametrize("command", [["detect-faces", "-j", "2"], ["extract", "images", "-j", "9"]])
+def test_killed_parent_leaves_no_workers(many_photos, tmp_path, command):
+    """kill -9 of the parent (the OOM killer's way) while its process pool works: within
+    seconds no process of the run is left (before: the fork server and every worker waited
+    forever, holding memory and the pipe of ``cmd | grep``), and stdout's reader gets EOF."""
+    import select
+    import signal
+    import time
+
+    cmd, *rest = command
+    args = [cmd, *rest[:-2], str(many_photos), "--out", str(tmp_path / "out"), *rest[-2:]]
+    p = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         start_new_session=True)  # its session id is its pid
+    workers = int(rest[-1])
+    try:
+        deadline = time.time() + 120
+        while len(_session(p.pid)) < 3 + workers and time.time() < deadline \
+                and p.poll() is None:  # the parent, its fork server and resource tracker
+            time.sleep(0.02)
+        running = _session(p.pid)
+        assert len(running) >= 3 + workers and p.poll() is None, running
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        deadline = time.time() + 5
+        while _session(p.pid) and time.time() < deadline:
+            time.sleep(0.05)
+        assert _session(p.pid) == [], "processes of the killed run are still alive"
+        readable, _, _ = select.select([p.stdout], [], [], 1)
+        assert readable and os.read(p.stdout.fileno(), 1 << 16) == b""  # EOF, no hang
+    finally:
+        for pid in _session(p.pid):  # what this test started, if the check failed
+            os.kill(pid, signal.SIGKILL)
+        p.stdout.close()
