@@ -419,3 +419,110 @@ def test_killed_parent_leaves_no_workers(many_photos, tmp_path, command):
         for pid in _session(p.pid):  # what this test started, if the check failed
             os.kill(pid, signal.SIGKILL)
         p.stdout.close()
+
+
+# -- 6. odd entries in photo folders ---------------------------------------------------------
+@pytest.fixture
+def odd_folder(tmp_path, photos) -> Path:
+    """Real filesystem objects: photos, linked photos and folders, and every entry that
+    cannot be read."""
+    root = tmp_path / "photos"
+    (root / "real" / "sub").mkdir(parents=True)
+    (root / "real" / "a.jpg").write_bytes(encode(photos[0], "jpeg", 90))
+    (root / "real" / "sub" / "b.png").write_bytes(encode(photos[1][:200, :200], "png"))
+    os.mkfifo(root / "pipe.jpg")  # would block a reader forever
+    os.mkfifo(root / "fifo")  # not named like an image: not an item
+    (root / "linked.jpg").symlink_to("real/a.jpg")
+    (root / "linkdir").symlink_to("real")
+    (root / "real" / "sub" / "up").symlink_to("..")  # a loop through a folder link
+    (root / "self.jpg").symlink_to("self.jpg")  # a loop of one link
+    (root / "gone.jpg").symlink_to("nowhere.jpg")  # dangling
+    (root / "drive").symlink_to(tmp_path / "unmounted")  # dangling, maybe a folder
+    (root / "notes.txt").symlink_to("nowhere.txt")  # dangling, not an image: not an item
+    return root
+
+
+ODD_ITEMS = {
+    "pipe.jpg": "not a regular file (FIFO)", "self.jpg": "symlink loop",
+    "gone.jpg": "dangling symlink", "drive": "dangling symlink",
+    "real/sub/up/": "symlink loop (a link to a folder holding it)",
+    "linkdir/sub/up/": "symlink loop (a link to a folder holding it)",
+}
+
+
+def test_folder_source_lists_unreadable_entries(odd_folder):
+    from pipeline.sources import FolderSource
+
+    src = FolderSource(odd_folder)
+    read = dict(src.read_range(0, len(src)))
+    assert sorted(read) == sorted([*ODD_ITEMS, "real/a.jpg", "real/sub/b.png",
+                                   "linked.jpg", "linkdir/a.jpg", "linkdir/sub/b.png"])
+    assert {k for k, v in read.items() if v is None} == set(ODD_ITEMS)
+    assert {k: src.why_unreadable(k) for k in ODD_ITEMS} == ODD_ITEMS
+    assert read["linked.jpg"] == read["real/a.jpg"] == (odd_folder / "real/a.jpg").read_bytes()
+
+
+def test_file_replaced_by_a_fifo_is_not_opened_for_reading(odd_folder):
+    """Between listing and reading a photo becomes a FIFO: unreadable, and no hang."""
+    import threading
+
+    from pipeline.sources import FolderSource
+
+    src = FolderSource(odd_folder)
+    (odd_folder / "real" / "a.jpg").unlink()
+    os.mkfifo(odd_folder / "real" / "a.jpg")
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.update(src.read_range(0, len(src))), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "reading blocked on a FIFO"
+    assert out["real/a.jpg"] is None and src.why_unreadable("real/a.jpg") == \
+        "not a regular file"
+
+
+def test_cli_counts_unreadable_entries_as_corrupt(odd_folder, tmp_path):
+    out = tmp_path / "out"
+    r = run_cli("extract", "images", str(odd_folder), "--out", str(out), "-q", timeout=120)
+    assert r.returncode == 0, r.stderr
+    d = Dataset(out)
+    assert sorted(m["key"] for m in d.manifest) == sorted(
+        ["real/a.jpg", "real/sub/b.png", "linked.jpg", "linkdir/a.jpg", "linkdir/sub/b.png"])
+    assert {x["key"]: x["reason"] for x in d.drops()} == dict.fromkeys(ODD_ITEMS, "corrupt")
+
+
+def _without_root_read_override() -> None:
+    """In the child before exec: drop the capabilities that let root read any folder
+    (CAP_DAC_OVERRIDE 1, CAP_DAC_READ_SEARCH 2) from the bounding set."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "PR_CAPBSET_DROP")
+
+
+def test_cli_counts_an_unreadable_folder_as_corrupt(photos, tmp_path):
+    """chmod 000 does not stop root, so as root the run drops root's read-anything
+    capabilities (skipped where that is not allowed)."""
+    root = tmp_path / "photos"
+    (root / "private").mkdir(parents=True)
+    (root / "a.jpg").write_bytes(encode(photos[0], "jpeg", 90))
+    (root / "private" / "b.jpg").write_bytes(encode(photos[1], "jpeg", 90))
+    (root / "private").chmod(0)
+    preexec = None
+    if os.geteuid() == 0:
+        probe = subprocess.run(["true"], preexec_fn=_without_root_read_override,
+                               capture_output=True)
+        if probe.returncode != 0:
+            pytest.skip("root here cannot drop CAP_DAC_OVERRIDE (chmod 000 cannot stop it)")
+        preexec = _without_root_read_override
+    try:
+        r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "extract", "images",
+                            str(root), "--out", str(tmp_path / "out"), "-q"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120, preexec_fn=preexec)
+    finally:
+        (root / "private").chmod(0o755)
+    assert r.returncode == 0, r.stderr
+    d = Dataset(tmp_path / "out")
+    assert [m["key"] for m in d.manifest] == ["a.jpg"]
+    assert [(x["key"], x["reason"]) for x in d.drops()] == [("private/", "corrupt")]
