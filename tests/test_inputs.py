@@ -526,3 +526,25 @@ def test_cli_counts_an_unreadable_folder_as_corrupt(photos, tmp_path):
     d = Dataset(tmp_path / "out")
     assert [m["key"] for m in d.manifest] == ["a.jpg"]
     assert [(x["key"], x["reason"]) for x in d.drops()] == [("private/", "corrupt")]
+
+
+# -- 7. a dedup model with NaN or infinite weights -------------------------------------------
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_autoencoder_with_non_finite_weights_is_refused(data32, tmp_path, value):
+    import torch
+
+    from pipeline.dedup.autoencoder import Autoencoder, load_autoencoder, save_autoencoder
+    from pipeline.errors import UserError
+
+    good = save_autoencoder(Autoencoder(128), tmp_path / "good.pt")
+    assert load_autoencoder(good).code_bits == 128
+    state = torch.load(good, weights_only=True)
+    name = next(k for k, v in state["state_dict"].items() if v.is_floating_point())
+    state["state_dict"][name].view(-1)[7] = value
+    bad = tmp_path / "bad.pt"
+    torch.save(state, bad)
+    with pytest.raises(UserError, match="NaN or infinite"):
+        load_autoencoder(bad)
+    r = run_cli("dedup", str(data32), "--out", str(tmp_path / "out"), "--model", str(bad),
+                "-q")
+    assert_one_line_error(r, "NaN or infinite", name)
