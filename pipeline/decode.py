@@ -6,12 +6,17 @@ thumbnail add about 13% to that (``benchmarks/extract_lsun.py``). Image sizes co
 headers (4 us, where Pillow took 320 us for a WebP). JPEGs much larger than the target are
 decoded at 1/2, 1/4 or 1/8 scale by libjpeg (``IMREAD_REDUCED_*``), which is both faster and
 still anti-aliased (DCT-domain downscaling).
+
+Decoding is strict: data that is damaged or missing makes the record ``corrupt`` instead of
+grey or garbled pixels (JPEGs through simplejpeg's strict mode, WebP through a zero-run
+check; PNG has chunk checksums). Its cost and catch rates: ``benchmarks/decode_strict.py``.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -72,26 +77,54 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     return size if size and size[0] > 0 and size[1] > 0 else None
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """Walk the marker segments to the first start-of-frame (SOFn) segment."""
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int]]:
+    """(marker, offset) of each marker segment before the first scan."""
     i, n = 2, len(data)
     while i + 9 < n:
         if data[i] != 0xFF:
-            return None
+            return
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
         elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
             i += 2
-        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+        elif marker == 0xDA:  # start of scan: the headers are over
+            return
+        else:
+            yield marker, i
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """From the first start-of-frame (SOFn) segment."""
+    for marker, i in _jpeg_segments(data):
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             h = int.from_bytes(data[i + 5:i + 7], "big")
             w = int.from_bytes(data[i + 7:i + 9], "big")
             return w, h
-        elif marker == 0xDA:  # scan data before any frame header
-            return None
-        else:
-            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
     return None
+
+
+def jpeg_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8; 1 when absent or unreadable) of a JPEG.
+
+    Read here (an IFD0 entry, ~3 us) because Pillow's EXIF parser costs ~300 us, a third of
+    decoding a 256 px JPEG; OpenCV applies orientation only inside its own decoder.
+    """
+    for marker, i in _jpeg_segments(data):
+        if marker == 0xE1 and data[i + 4:i + 10] == b"Exif\0\0":
+            tiff = data[i + 10:i + 2 + int.from_bytes(data[i + 2:i + 4], "big")]
+            order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+            if order is None:
+                return 1
+            ifd = int.from_bytes(tiff[4:8], order)
+            count = int.from_bytes(tiff[ifd:ifd + 2], order)
+            for e in range(ifd + 2, min(ifd + 2 + 12 * count, len(tiff) - 11), 12):
+                if int.from_bytes(tiff[e:e + 2], order) == 0x0112:  # Orientation, a SHORT
+                    value = int.from_bytes(tiff[e + 8:e + 10], order)
+                    return value if 1 <= value <= 8 else 1
+            return 1
+    return 1
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:
@@ -158,13 +191,17 @@ def _decode_bgr(data: bytes, min_side: int, max_pixels: int) -> np.ndarray:
     w, h = size
     if w * h > max_pixels:
         raise DecodeError("too_large", f"{w}x{h} exceeds {max_pixels} pixels")
-    flags = cv2.IMREAD_COLOR
-    if fmt == "jpeg" and min_side:
-        factor = 1
-        while factor < 8 and min(w, h) // (factor * 2) >= min_side:
+    factor = 1
+    if fmt == "jpeg":
+        while min_side and factor < 8 and min(w, h) // (factor * 2) >= min_side:
             factor *= 2
-        flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
-                 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}[factor]
+        img = _decode_jpeg(data, w, h, factor)
+        if img is not None:
+            return img
+    if fmt == "webp":
+        check_webp_data(data, w, h)
+    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
+             4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}[factor]
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as e:  # e.g. a header whose size OpenCV refuses
@@ -172,6 +209,75 @@ def _decode_bgr(data: bytes, min_side: int, max_pixels: int) -> np.ndarray:
     if img is None or img.size == 0:
         raise DecodeError("corrupt", f"{fmt} decoder failed")
     return img
+
+
+# simplejpeg's strict errors that leave the pixels whole (libjpeg warnings about metadata):
+# decoded again without the strict check. Every other error means damaged or missing data.
+_HARMLESS = ("Unknown Adobe color transform", "Warning: unknown JFIF revision",
+             "Corrupt JPEG data: bad ICC marker", "Invalid SOS parameters for sequential",
+             "Inconsistent progression sequence")
+# What TurboJPEG's API cannot decode but OpenCV's libjpeg can (unusual chroma sampling).
+_UNSUPPORTED = ("tjDecompressHeader3(): Could not determine subsampling", "Unsupported",
+                "Sorry")
+
+
+def _decode_jpeg(data: bytes, w: int, h: int, factor: int) -> np.ndarray | None:
+    """BGR pixels of a JPEG at 1/``factor`` scale, EXIF orientation applied, or None for
+    the rare JPEG that only OpenCV can decode (it then decodes it, without the check).
+
+    Strict: libjpeg warns, then fills in grey, where data is missing or damaged (a cut
+    file with an end marker appended, a zeroed span); OpenCV's decoder only prints those
+    warnings, simplejpeg's strict mode raises them, and they make the record ``corrupt``.
+    Both wrap libjpeg-turbo with the same settings, so the pixels are OpenCV's.
+    """
+    import simplejpeg
+
+    scale = {"min_height": -(-h // factor), "min_width": -(-w // factor),
+             "min_factor": factor} if factor > 1 else {}
+    try:
+        img = simplejpeg.decode_jpeg(data, "BGR", strict=True, **scale)
+    except ValueError as e:
+        message = str(e).strip()
+        if message.startswith(_UNSUPPORTED):
+            return None
+        if not message.startswith(_HARMLESS):
+            raise DecodeError("corrupt", f"damaged JPEG data ({message[:80]})") from e
+        try:
+            img = simplejpeg.decode_jpeg(data, "BGR", strict=False, **scale)
+        except ValueError as e2:
+            raise DecodeError("corrupt", f"damaged JPEG data ({str(e2)[:80]})") from e2
+    return _orient(img, jpeg_orientation(data))
+
+
+def _orient(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation as OpenCV's decoder does (its ``ExifTransform``)."""
+    import cv2
+
+    if orientation >= 5:  # the four that swap width and height
+        img = cv2.transpose(img)
+    flip = {2: 1, 3: -1, 4: 0, 6: 1, 7: -1, 8: 0}.get(orientation)
+    return img if flip is None else cv2.flip(img, flip)
+
+
+def check_webp_data(data: bytes, w: int, h: int) -> None:
+    """Raise ``DecodeError('corrupt')`` for a run of zero bytes too long for the image.
+
+    WebP has no checksum and libwebp decodes a zeroed span (a zeroed database page, an
+    unwritten part of a download) without a word. Compressed data has short zero runs:
+    the longest measured was 0.025 bytes per 16 x 16 macroblock (flat colours, lossy, any
+    size; photos and lossless far less), so a run 10x that plus 64 bytes means damage.
+    A 4 KB zeroed page is caught in images up to ~2000 x 2000 px.
+    """
+    macroblocks = -(-w // 16) * -(-h // 16)
+    limit = 64 + macroblocks // 4
+    i, n = 12, len(data)
+    while i + 8 <= n:
+        size = int.from_bytes(data[i + 4:i + 8], "little")
+        if data[i:i + 4] in (b"VP8 ", b"VP8L") and \
+                data.find(bytes(limit), i + 8, i + 8 + size) >= 0:
+            raise DecodeError("corrupt", f"damaged WebP data (a run of {limit:,} or more "
+                              "zero bytes: a zeroed or unwritten part)")
+        i += 8 + size + (size & 1)
 
 
 def center_crop(img: np.ndarray) -> np.ndarray:

@@ -63,7 +63,8 @@ def prepare_chunk(task: tuple[int, int]) -> Chunk:
         keys.append(key)
         try:
             if data is None:
-                raise DecodeError("corrupt", "unreadable record")
+                why = getattr(source, "why_unreadable", None)
+                raise DecodeError("corrupt", why(key) if why else "unreadable record")
             image, thumb = prepare(data, res)
         except DecodeError as e:
             status.append(e.reason)

@@ -7,12 +7,14 @@ downloaded. Detectors are described by a picklable ``DetectorSpec`` and built wi
 ``build_detector`` once per worker process, never in default arguments.
 
 Both detect on a downscaled copy when the photo is larger than the smallest face wanted
-needs, and map boxes back to source pixels.
+needs, and map boxes back to source pixels. Haar's turned passes warp copies of the photo;
+OpenCV cannot warp a side of 32,767 px or more (a panorama), so such copies are turned in
+overlapping windows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +26,8 @@ from pipeline.errors import UserError
 DETECTORS = ("haar", "yunet")
 TURNED_FACE = 24  # turned passes: smallest face in the turned copy, px
 EYES = "haarcascade_eye_tree_eyeglasses.xml"  # confirms hits on turned copies
+WARP_LIMIT = 32767  # OpenCV's warpAffine (remap) refuses images with a side this long
+WARP_WINDOW = 16384  # side of the windows turned separately in larger detection copies
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,56 @@ def detection_scale(shape: tuple[int, ...], spec: DetectorSpec) -> float:
     return s
 
 
+def warpable_windows(img: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(x, y, view) of overlapping windows of ``img`` that OpenCV can warp (sides under
+    ``WARP_LIMIT``), or the whole image when it fits. Windows overlap by the short side
+    (at most half a window), so a face fits whole in one of them."""
+    h, w = img.shape[:2]
+    if max(h, w) < WARP_LIMIT:
+        yield 0, 0, img
+        return
+    size = WARP_WINDOW
+    overlap = min(min(h, w), size // 2)
+
+    def spans(n: int) -> list[slice]:
+        if n < WARP_LIMIT:
+            return [slice(0, n)]
+        count = -(-(n - overlap) // (size - overlap))
+        return [slice(a, a + size) for a in
+                (min(i * (size - overlap), n - size) for i in range(count))]
+
+    for ys in spans(h):
+        for xs in spans(w):
+            yield xs.start, ys.start, img[ys, xs]
+
+
+def upright_view(grey: np.ndarray, cx: float, cy: float, side: float,
+                 angle: float) -> np.ndarray:
+    """The ``side`` px square centred on (cx, cy), turned by ``angle``, as 100 x 100 px.
+
+    From an image too large to warp (``WARP_LIMIT``), the view is warped from the
+    neighbourhood that holds its pixels (mirrored borders included): the same view within
+    interpolation rounding.
+    """
+    import cv2
+
+    x0 = y0 = 0
+    if max(grey.shape) >= WARP_LIMIT:
+        r = int(side) + 2  # the view reaches side / sqrt(2) from the centre, + interpolation
+        (x0, x1), (y0, y1) = _reach(cx, r, grey.shape[1]), _reach(cy, r, grey.shape[0])
+        grey, cx, cy = grey[y0:y1, x0:x1], cx - x0, cy - y0
+    m = cv2.getRotationMatrix2D((cx, cy), angle, 100 / side)
+    m[:, 2] += [50 - cx, 50 - cy]  # the face centre lands at (50, 50)
+    return cv2.warpAffine(grey, m, (100, 100), borderMode=cv2.BORDER_REFLECT)
+
+
+def _reach(c: float, r: int, n: int) -> tuple[int, int]:
+    """The index range of a side of ``n`` px holding every pixel within ``r`` of ``c``,
+    where positions past an end read the mirrored pixels (``BORDER_REFLECT``)."""
+    lo, hi = int(c) - r, int(c) + r + 1
+    return max(0, min(lo, 2 * n - hi)), min(n, max(hi, -lo))
+
+
 def _downscale(img: np.ndarray, s: float) -> np.ndarray:
     import cv2
 
@@ -143,19 +197,20 @@ class HaarDetector:
         # window) and with a coarser pyramid to keep the cost down; map centres back.
         t = min(1.0, TURNED_FACE / side)
         for angle in spec.rotations:
-            h, w = grey.shape
-            m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, t)
-            m[:, 2] -= [w * (1 - t) / 2, h * (1 - t) / 2]  # the turned copy's own origin
-            turned = cv2.warpAffine(grey, m, (round(w * t), round(h * t)),
-                                    borderMode=cv2.BORDER_REFLECT)
-            back = cv2.invertAffineTransform(m)
-            for x, y, bw, bh, score in self._search(turned, round(side * t), 1.3):
-                cx, cy = back @ np.array([x + bw / 2, y + bh / 2, 1.0])
-                box = (cx - bw / t / 2, cy - bh / t / 2, bw / t, bh / t)
-                if not self._confirmed(grey, cx, cy, bw / t, angle):
-                    continue
-                if all(iou(box, f[:4]) <= 0.3 for f in found):  # upright hits win
-                    found.append((*box, score))
+            for x0, y0, window in warpable_windows(grey):
+                h, w = window.shape
+                m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, t)
+                m[:, 2] -= [w * (1 - t) / 2, h * (1 - t) / 2]  # the turned copy's own origin
+                turned = cv2.warpAffine(window, m, (round(w * t), round(h * t)),
+                                        borderMode=cv2.BORDER_REFLECT)
+                back = cv2.invertAffineTransform(m)
+                for x, y, bw, bh, score in self._search(turned, round(side * t), 1.3):
+                    cx, cy = back @ np.array([x + bw / 2, y + bh / 2, 1.0]) + [x0, y0]
+                    box = (cx - bw / t / 2, cy - bh / t / 2, bw / t, bh / t)
+                    if not self._confirmed(grey, cx, cy, bw / t, angle):
+                        continue
+                    if all(iou(box, f[:4]) <= 0.3 for f in found):  # upright hits win
+                        found.append((*box, score))
         return [Detection(_to_source(x, y, w, h, s, rgb.shape), round(float(score), 3))
                 for x, y, w, h, score in found]
 
@@ -164,12 +219,7 @@ class HaarDetector:
         """An eye in the upper part of the face, turned upright and enlarged to 100 px so
         the eye cascade's 20 px window fits (turned passes only: measured to cut their false
         hits, e.g. a camera lens, while keeping tilted faces)."""
-        import cv2
-
-        z = 100 / side
-        m = cv2.getRotationMatrix2D((cx, cy), angle, z)
-        m[:, 2] += [50 - cx, 50 - cy]  # the face centre lands at (50, 50)
-        face = cv2.warpAffine(grey, m, (100, 100), borderMode=cv2.BORDER_REFLECT)
+        face = upright_view(grey, cx, cy, side, angle)
         eyes = self.eyes.detectMultiScale(face[10:60], 1.1, 3, minSize=(12, 12),
                                           maxSize=(40, 40))
         return len(eyes) >= 1

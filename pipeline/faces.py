@@ -181,7 +181,8 @@ def detect_chunk(task: tuple[int, int]) -> list[PhotoResult]:
     for key, data in state["source"].read_range(*task):
         try:
             if data is None:
-                raise DecodeError("corrupt", "unreadable file")
+                why = getattr(state["source"], "why_unreadable", None)
+                raise DecodeError("corrupt", why(key) if why else "unreadable file")
             img = data if isinstance(data, np.ndarray) else decode(
                 data, max_pixels=config.max_pixels)
         except DecodeError as e:

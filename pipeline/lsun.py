@@ -44,8 +44,17 @@ def resolve_databases(paths: list[str | Path], category: str | None = None,
 
 
 def key_text(key: bytes) -> str:
-    """An LMDB key as manifest text: UTF-8 where it is, escaped bytes where it is not."""
-    return key.decode("utf-8", "backslashreplace")
+    """An LMDB key as manifest text, one text per key: a UTF-8 key without a backslash as
+    it is; any other key escaped, each backslash as two and each byte that is not UTF-8 as
+    ``\\xNN`` (so an escaped text always holds a backslash, and reads back one way only).
+    """
+    try:
+        text = key.decode("utf-8")
+        if "\\" not in text:
+            return text
+    except UnicodeDecodeError:
+        pass
+    return key.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
 
 
 class LsunSource:
@@ -114,9 +123,9 @@ class LsunSource:
     def _read_db(self, db: int, start: int, stop: int) -> Iterator[tuple[str, bytes | None]]:
         """Records ``start..stop-1`` of database ``db``, walked with one cursor.
 
-        A cursor walk costs 4 us a record against 25-50 us for a lookup by key. Should the
-        walk fail (a damaged page), the rest of the range is looked up key by key, and a
-        record that cannot be read comes back as ``None`` (dropped as corrupt).
+        A cursor walk costs 4 us a record against 25-50 us for a lookup by key. A record
+        the walk cannot read (a damaged page) comes back as ``None`` (dropped as corrupt),
+        and the walk restarts at the next key.
         """
         import lmdb
 
@@ -125,24 +134,24 @@ class LsunSource:
         def key_at(j: int) -> bytes:
             return bytes(blob[offsets[j]:offsets[j + 1]])
 
-        with self._env(db).begin(buffers=False) as txn:
-            j = start
+        env = self._env(db)
+        j = start
+        while j < stop:
             try:
-                cur = txn.cursor()
-                ok = cur.set_key(key_at(start))
-                while ok and j < stop:
-                    yield key_text(cur.key()), cur.value()
-                    j += 1
-                    ok = j == stop or cur.next()
+                # A fresh transaction after an error: LMDB refuses every later call in a
+                # transaction that met a damaged page (MDB_BAD_TXN).
+                with env.begin(buffers=False) as txn:
+                    cur = txn.cursor()
+                    ok = cur.set_key(key_at(j))
+                    while ok and j < stop:
+                        yield key_text(cur.key()), cur.value()
+                        j += 1
+                        ok = j == stop or cur.next()
             except lmdb.Error:
                 pass
-            for k in range(j, stop):
-                key = key_at(k)
-                try:
-                    data = txn.get(key)
-                except lmdb.Error:
-                    data = None
-                yield key_text(key), data
+            if j < stop:  # record j could not be found or read
+                yield key_text(key_at(j)), None
+                j += 1
 
     def describe(self) -> dict:
         return {"kind": "lsun", "databases": [str(d.resolve()) for d in self.databases],
@@ -156,8 +165,6 @@ _ENVS_LOCK = threading.Lock()
 
 def open_env(db: Path):
     """This process's read-only environment for ``db`` (LMDB allows one per process)."""
-    import lmdb
-
     global _ENVS_PID
     if _ENVS_PID != os.getpid():  # never reuse an environment across fork
         _ENVS.clear()
@@ -165,12 +172,49 @@ def open_env(db: Path):
     path = str(db.resolve())
     with _ENVS_LOCK:  # decoding threads share this process's environment
         if path not in _ENVS:
-            try:
-                _ENVS[path] = lmdb.open(path, readonly=True, lock=False, readahead=False,
-                                        meminit=False, max_readers=126)
-            except lmdb.Error as e:
-                raise UserError(f"cannot open LSUN database {db}: {e}") from e
+            _ENVS[path] = _open_checked(db)
     return _ENVS[path]
+
+
+def check_database(db: Path) -> None:
+    """Raise ``UserError`` when ``db`` cannot be opened or is truncated (see ``_open_checked``);
+    leaves no environment open unless this process already had one."""
+    with _ENVS_LOCK:
+        env = _ENVS.get(str(db.resolve())) if _ENVS_PID == os.getpid() else None
+        if env is not None:
+            _check_size(db, env)
+            return
+        _open_checked(db).close()
+
+
+def _open_checked(db: Path):
+    """Open ``db`` read-only, refusing a ``data.mdb`` shorter than its meta page says.
+
+    LMDB memory-maps the file: reading a page past a truncated end (a half-finished
+    download) kills the process with SIGBUS, which no ``try`` can catch, so the size is
+    checked before any page but the meta pages is touched.
+    """
+    import lmdb
+
+    try:
+        env = lmdb.open(str(db), readonly=True, lock=False, readahead=False, meminit=False,
+                        max_readers=126)
+    except lmdb.Error as e:
+        raise UserError(f"{db} is not a readable LMDB database ({e})") from e
+    try:
+        _check_size(db, env)
+    except BaseException:
+        env.close()
+        raise
+    return env
+
+
+def _check_size(db: Path, env) -> None:
+    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    have = (db / "data.mdb").stat().st_size
+    if have < need:
+        raise UserError(f"LSUN database {db} is truncated: data.mdb has {have:,} of its "
+                        f"{need:,} bytes (an unfinished download or copy?)")
 
 
 def _stamp(db: Path) -> dict:
@@ -180,6 +224,7 @@ def _stamp(db: Path) -> dict:
 
 def _load_keys(db: Path) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, blob) of every key in ``db``, from the cache when it is still valid."""
+    check_database(db)  # a truncated or unreadable one fails here, cached keys or not
     base = cache_dir() / hashlib.sha1(str(db.resolve()).encode()).hexdigest()[:16]
     meta_path = base.with_suffix(".json")
     stamp = _stamp(db)
@@ -202,19 +247,47 @@ def _load_keys(db: Path) -> tuple[np.ndarray, np.ndarray]:
     return offsets, blob
 
 
-def _scan_keys(db: Path) -> tuple[np.ndarray, np.ndarray]:
-    import lmdb
+# The key scan's child process: only lmdb and the standard library (a fast start).
+_SCAN = """
+import array, sys, lmdb
+try:
+    env = lmdb.open(sys.argv[1], readonly=True, lock=False, readahead=False)
+    with env.begin() as txn:
+        keys = list(txn.cursor().iternext(keys=True, values=False))
+except lmdb.Error as e:
+    sys.exit(str(e).splitlines()[0])
+with open(sys.argv[2] + "/keys", "wb") as f:
+    f.write(b"".join(keys))
+with open(sys.argv[2] + "/lengths", "wb") as f:
+    array.array("q", map(len, keys)).tofile(f)
+"""
 
-    cached = _ENVS.get(str(db.resolve())) if _ENVS_PID == os.getpid() else None
-    try:
-        env = cached or lmdb.open(str(db), readonly=True, lock=False, readahead=False)
-        with env.begin() as txn:
-            keys = list(txn.cursor().iternext(keys=True, values=False))
-        if cached is None:
-            env.close()
-    except lmdb.Error as e:
-        raise UserError(f"{db} is not a readable LMDB database ({e})") from e
-    offsets = np.zeros(len(keys) + 1, np.int64)
-    offsets[1:] = np.cumsum([len(k) for k in keys])
-    blob = np.frombuffer(b"".join(keys), np.uint8).copy()
+
+def _scan_keys(db: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Every key of ``db``, listed by a child process.
+
+    LMDB aborts the process (an assertion, SIGABRT) when a cursor steps onto a damaged
+    tree page, e.g. a zeroed leaf: in a child that becomes a one-line error here. Once the
+    whole tree has been walked, reading the records cannot meet such a page.
+    """
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lsun-keys-") as tmp:
+        r = subprocess.run([sys.executable, "-c", _SCAN, str(db), tmp], capture_output=True,
+                           text=True, errors="replace")
+        if r.returncode:
+            why = (r.stderr.strip().splitlines() or ["no message"])[-1]
+            if r.returncode > 0:
+                raise UserError(f"{db} is not a readable LMDB database ({why})")
+            why = why.split("Assertion ", 1)[-1][:100]  # not the build's source path
+            raise UserError(f"LSUN database {db} is damaged: LMDB stopped on a broken page "
+                            f"while listing its keys ({signal.Signals(-r.returncode).name}: "
+                            f"{why}); copy or download it again")
+        lengths = np.fromfile(Path(tmp) / "lengths", np.int64)
+        blob = np.fromfile(Path(tmp) / "keys", np.uint8)
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
     return offsets, blob

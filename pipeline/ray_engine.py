@@ -4,7 +4,7 @@ The local engine (``runner.run_ordered``) maps a per-chunk function over index r
 threads or processes of one machine; this engine maps the very same function over the same
 ranges on Ray actors, which may live on many machines, and yields the results in task order,
 so the driver writes the same bytes through the same ``DatasetWriter``. Each actor receives the
-stage state once (the process pool's initializer, ``runner._init_worker``); a task is a pure
+stage state once (the process pool's initializer, ``runner.init_worker``); a task is a pure
 function of its range, so Ray may rerun it after a worker dies (``max_task_retries``) without
 changing the output. Errors raised by our code come back as data and are raised again on the
 driver as the same exception, so a ``UserError`` stays one line.
@@ -76,7 +76,7 @@ class _Worker:
 
     def __init__(self, fn: Callable[[Any], Any], state: dict[str, Any], version: str):
         from pipeline import __version__
-        from pipeline.runner import _init_worker
+        from pipeline.runner import init_worker
 
         self.fn, self.failure = fn, None
         try:
@@ -86,7 +86,7 @@ class _Worker:
                 raise UserError(f"a Ray worker on {socket.gethostname()} runs dcgan-curate "
                                 f"{__version__}, the driver {version}: install the same "
                                 "version on every node")
-            _init_worker(state)
+            init_worker(state)
         except Exception as e:  # reported by the first task, as our own one-line error
             self.failure = _Failure(e)
 

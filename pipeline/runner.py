@@ -2,7 +2,8 @@
 
 The per-item logic stays a plain function; parallelism lives here only. Workers get the
 stage's shared state (a source, settings) once through ``init``; tasks are small (index
-ranges), results come back in task order so ids follow source order.
+ranges), results come back in task order so ids follow source order. Worker processes
+exit when the parent does, however it ends (``_exit_with_parent``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
 from typing import Any
 
 from pipeline.errors import UserError
@@ -35,13 +37,37 @@ def _init(state: dict[str, Any]) -> None:
     _STATE.update(state)
 
 
-def _init_worker(state: dict[str, Any]) -> None:
+def init_worker(state: dict[str, Any], lifeline: Connection | None = None) -> None:
+    """A worker process's setup: the stage state, Ctrl-C left to the parent, and (with a
+    ``lifeline``, the read end of a pipe only the parent writes to) an exit when the parent
+    dies. Ray's actors get theirs from Ray."""
     import signal
+    import threading
 
     # Ctrl-C reaches the whole process group: only the parent handles it (checkpoints and
     # stops the pool), so workers do not each print a KeyboardInterrupt traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if lifeline is not None:
+        threading.Thread(target=_exit_with_parent, args=(lifeline,), name="lifeline",
+                         daemon=True).start()
     _init(state)
+
+
+def _exit_with_parent(lifeline: Connection) -> None:
+    """Exit this worker when the parent's end of ``lifeline`` closes: the parent finished,
+    or died without cleaning up (SIGKILL, the OOM killer's signal).
+
+    Workers are children of the fork server, not of the parent, and each holds the fork
+    server's own lifeline, so neither notices the parent's death: orphaned, they would wait
+    for tasks forever, holding memory and the parent's stdout (``cmd | grep`` never ends).
+    ``PR_SET_PDEATHSIG`` cannot help: it watches the fork server, which the workers keep
+    alive.
+    """
+    try:
+        lifeline.recv_bytes()  # the parent never writes: this returns at end of file
+    except (EOFError, OSError):
+        pass
+    os._exit(1)
 
 
 @contextlib.contextmanager
@@ -121,13 +147,18 @@ def run_ordered(fn: Callable[[Any], Any], tasks: Iterable[Any], state: dict[str,
         ctx.set_forkserver_preload(["numpy", "cv2", "pipeline.decode"])
     # Not multiprocessing.Pool: it replaces a worker that died (out of memory, a crash in a
     # decoder) and then waits forever for the lost task. The executor reports it instead.
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(state,))
+    # Only this process holds the writing end: it closes when this process ends, however.
+    lifeline, keep_alive = ctx.Pipe(duplex=False)
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker,
+                               initargs=(state, lifeline))
     try:
         yield from pool.map(fn, tasks)
     except BrokenProcessPool as e:
         raise UserError("a worker process died (out of memory, or a crash while decoding); "
                         "run the command again to resume") from e
     finally:
-        # On an error or Ctrl-C: drop the queued tasks; a running one finishes (<1 s).
+        # On an error or Ctrl-C: drop the queued tasks; the workers exit when the lifeline
+        # closes (a running task is abandoned, not waited for).
         pool.shutdown(wait=False, cancel_futures=True)
+        keep_alive.close()
+        lifeline.close()

@@ -318,6 +318,11 @@ def load_autoencoder(path: str | Path, device: str = "cpu") -> Autoencoder:
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: weights do not fit a 3072-{state['code_bits']}-3072 "
                         f"autoencoder ({str(e).splitlines()[0]})") from e
+    broken = [name for name, t in model.state_dict().items()
+              if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:  # every code would be garbage, and no error would say so
+        raise UserError(f"{path}: weights hold NaN or infinite values ({', '.join(broken)}); "
+                        "retrain it (omit --model)")
     groups, half = model.key_units, model.code_bits // KEY_BITS
     if model.code_bits % 64 or tuple(groups.shape) != (2 * half, KEY_BITS) \
             or any(len(g.unique()) != model.code_bits for g in (groups[:half], groups[half:])):
