@@ -48,7 +48,7 @@ def baseline(data: bytes, min_side: int) -> np.ndarray:
 
 
 def sets(n: int) -> dict[str, list[bytes]]:
-    from pipeline.samples import encode, package_photos, random_view
+    from demo.samples import encode, package_photos, random_view
 
     photos = [p for _, p in package_photos()]
     rng = np.random.default_rng(0)
@@ -75,8 +75,8 @@ def damage_rates() -> None:
 
     import cv2
 
+    from demo.samples import encode, package_photos, random_view
     from pipeline.decode import DecodeError, decode
-    from pipeline.samples import encode, package_photos, random_view
 
     q, p = cv2.IMWRITE_JPEG_QUALITY, cv2.IMWRITE_JPEG_PROGRESSIVE
     variants = [[q, 30], [q, 75], [q, 95], [p, 1], [cv2.IMWRITE_JPEG_OPTIMIZE, 1],

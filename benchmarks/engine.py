@@ -41,7 +41,7 @@ FILES = ("images.npy", "thumbs.npy", "manifest.jsonl")
 
 
 def build_db(work: Path, n: int) -> Path:
-    from pipeline.samples import make_lsun
+    from demo.samples import make_lsun
 
     root = work / f"lsun-{n}"
     db, done = root / "bedroom_train_lmdb", root / "BUILT"

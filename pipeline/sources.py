@@ -142,9 +142,10 @@ class FolderSource:
         for key in self.files:
             try:
                 st = os.stat(self.root / key)
-                h.update(f"{key}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                line = f"{key}\0{st.st_size}\0{st.st_mtime_ns}\n"
             except OSError:
-                h.update(f"{key}\0?\n".encode())
+                line = f"{key}\0?\n"
+            h.update(line.encode(errors="surrogateescape"))  # names need not be UTF-8
         return h.hexdigest()[:16]
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from demo.samples import encode, random_view, write_lmdb
 from pipeline.dataset import Dataset
-from pipeline.samples import encode, random_view, write_lmdb
 
 ROOT = Path(__file__).resolve().parents[1]
 
