@@ -1,10 +1,15 @@
-"""What the quality measures add to extraction: ``measure`` beside ``decode.prepare``.
+"""What the quality measures add to extraction, measured beside plain extraction in one run.
 
-Both run on the same LSUN-style WebP records (256 px short side, q75, random views of the
-package photos), interleaved, in one process and one thread; CPU time per record (the thread's
-own clock: on a shared machine wall time mostly measures the neighbours), best of a few rounds.
-Prints the ratio. Run:
-    python benchmarks/quality_cost.py [--records 200] [--rounds 7]
+Plain extraction's per-record work is ``decode.prepare`` (decode, centre crop, the training
+image and the thumbnail); with measures it is ``decode.prepare_measured`` (the same, the
+centre crop kept at the working scale, the header's size) plus ``quality.measure_batch``
+over each chunk of records (extraction's own chunks: 64). Both run on the same records,
+interleaved, in one process and one thread; CPU time per record (the thread's own clock: on a
+shared machine wall time mostly measures the neighbours), best of a few rounds. Two sources:
+LSUN-style WebP records (256 px short side, q75: the issue's target) and JPEG photos of
+400-1200 px (a photo folder; those are decoded at 1/2-1/8 scale, and the measures need a
+larger copy than the 64 px training image alone). Prints each ratio. Run:
+    python benchmarks/quality_cost.py [--records 256] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,50 +25,74 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo.samples import encode, package_photos, random_view  # noqa: E402
-from pipeline.decode import MAX_PIXELS, THUMB, _decode_bgr, center_crop, prepare  # noqa: E402
-from pipeline.quality import WORK_SIDE, measure  # noqa: E402
+from pipeline.decode import prepare, prepare_measured  # noqa: E402
+from pipeline.quality import WORK_SIDE, measure_batch  # noqa: E402
+
+CHUNK = 64  # ExtractConfig.chunk
 
 
-def per_record(fn, items, rounds: int) -> float:
-    """Best CPU microseconds per item over ``rounds`` passes."""
+def cpu_us(fn: Callable[[], object], n: int, rounds: int) -> float:
+    """Best CPU microseconds per record over ``rounds`` calls of ``fn`` (``n`` records)."""
     best = float("inf")
     for _ in range(rounds):
         t = time.thread_time_ns()
-        for x in items:
-            fn(x)
-        best = min(best, (time.thread_time_ns() - t) / len(items) / 1e3)
+        fn()
+        best = min(best, (time.thread_time_ns() - t) / n / 1e3)
     return best
+
+
+def plain(records: list[bytes], res: int) -> None:
+    for r in records:
+        prepare(r, res)
+
+
+def with_measures(records: list[bytes], res: int) -> None:
+    for s in range(0, len(records), CHUNK):
+        out = [prepare_measured(r, res, WORK_SIDE) for r in records[s:s + CHUNK]]
+        measure_batch([o[2] for o in out], [o[3] for o in out], bgr=True)
+
+
+def records_of(kind: str, n: int, rng: np.random.Generator) -> list[bytes]:
+    import cv2
+
+    photos = [p for _, p in package_photos()]
+    out = []
+    for i in range(n):
+        view = random_view(photos[i % len(photos)], rng)  # 256 px short side
+        if kind == "jpeg":
+            side = int(rng.integers(400, 1201))
+            s = side / min(view.shape[:2])
+            view = cv2.resize(view, (round(view.shape[1] * s), round(view.shape[0] * s)),
+                              interpolation=cv2.INTER_CUBIC)
+            out.append(encode(view, "jpeg", 90))
+        else:
+            out.append(encode(view, "webp", 75))
+    return out
 
 
 def main() -> None:
     import cv2
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--records", type=int, default=200)
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--records", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--resolution", type=int, default=64)
     args = ap.parse_args()
-    cv2.setNumThreads(1)
+    cv2.setNumThreads(1)  # as extraction's workers
     rng = np.random.default_rng(0)
-    photos = [p for _, p in package_photos()]
-    records = [encode(random_view(photos[i % len(photos)], rng), "webp", 75)
-               for i in range(args.records)]
-    decoded = [_decode_bgr(r, max(args.resolution, THUMB), MAX_PIXELS) for r in records]
-    crops = [np.ascontiguousarray(center_crop(d)) for d in decoded]
-    res = args.resolution
-    rows = {}
-    for _ in range(2):  # interleaved: both see the same machine state
-        rows["extract"] = min(rows.get("extract", 1e9),
-                              per_record(lambda r: prepare(r, res), records, args.rounds))
-        rows["measure(source)"] = min(rows.get("measure(source)", 1e9), per_record(
-            lambda d: measure(d, bgr=True), decoded, args.rounds))
-        rows["measure(crop)"] = min(rows.get("measure(crop)", 1e9), per_record(
-            lambda d: measure(d, bgr=True), crops, args.rounds))
-    base = rows["extract"]
-    print(f"{args.records} WebP records, 256 px short side; CPU us per record, best of "
-          f"{args.rounds} (working scale {WORK_SIDE} px)")
-    for k, v in rows.items():
-        print(f"  {k:18s} {v:8.0f} us  {v / base:6.1%} of extract")
+    res, n = args.resolution, args.records
+    print(f"{n} records per source; CPU us per record, best of {args.rounds} rounds, "
+          f"interleaved (working scale {WORK_SIDE} px, chunks of {CHUNK})")
+    for kind, label in (("webp", "LSUN-style WebP, 256 px"), ("jpeg", "JPEG photos, 400-1200 px")):
+        records = records_of(kind, n, rng)
+        runs = {plain: float("inf"), with_measures: float("inf")}
+        for _ in range(2):  # interleaved: both see the same machine state
+            for fn in runs:
+                runs[fn] = min(runs[fn], cpu_us(lambda f=fn, r=records: f(r, res), n,
+                                                args.rounds))
+        base, total = runs[plain], runs[with_measures]
+        print(f"{label}: extract {base:.0f} us, with measures {total:.0f} us: the measures "
+              f"cost {total - base:.0f} us = {(total - base) / base:.1%} of extraction")
 
 
 if __name__ == "__main__":
