@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pipeline.errors import UserError
+
 WORK_SIDE = 128  # short side the pixel measures are taken at (blur is judged at this scale)
 CLIP = 250  # a channel value at or above this is blown out
 
@@ -54,7 +56,7 @@ class Flag(NamedTuple):
 class QualityConfig:
     resolution: int = 64  # training resolution: a short side below it is `small`
     max_aspect: float = 2.0  # long/short above this is `odd_aspect` (a centre square keeps < 50%)
-    gray_chroma: float = 4 / 255  # chroma_p99 at or below this is `grayscale` (R=G=B)
+    gray_chroma: float = 0.0176  # `grayscale`: chroma_p99 below (at most 4/255: R=G=B + noise)
     dark_p99: float = 0.40  # `dark`: the brightest 1% of pixels are below this luma...
     dark_mean: float = 0.20  # ...and the mean luma is below this (a dim grey frame is not dark)
     bright_clip: float = 0.25  # `bright`: more than this share of pixels blown out
@@ -63,6 +65,36 @@ class QualityConfig:
     relative_z: float = 2.0  # rules also need a robust z-score past this in the collection; 0: off
     min_collection: int = 50  # with fewer images, absolute limits only (too few for a spread)
     drop: tuple[str, ...] = ISSUES  # issues that drop an image (the others are only recorded)
+
+    def __post_init__(self) -> None:
+        """Limits that cannot work are refused before anything is read."""
+        unknown = [i for i in self.drop if i not in ISSUES]
+        if unknown:
+            raise UserError(f"unknown issue {', '.join(map(repr, unknown))}: choose from "
+                            f"{', '.join(ISSUES)}", param="drop")
+        if self.resolution < 1:
+            raise UserError(f"resolution must be at least 1 (got {self.resolution})",
+                            param="resolution")
+        if self.max_aspect < 1:
+            raise UserError(f"max_aspect must be at least 1 (got {self.max_aspect})",
+                            param="max_aspect")
+        for name in ("gray_chroma", "dark_p99", "dark_mean", "bright_clip", "low_detail",
+                     "max_blur"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"{name} must be between 0 and 1 (got {getattr(self, name)})",
+                                param=name)
+        if self.relative_z < 0 or self.min_collection < 1:
+            raise UserError("relative_z must be 0 (off) or more, and min_collection at least 1",
+                            param="relative_z")
+
+
+# Each issue's deciding measure and the side of its limit that is flagged (strictly below or
+# above); `short_side` is min(width, height). `dark` also needs lum_mean below dark_mean.
+RULES: dict[str, tuple[str, str]] = {
+    "small": ("short_side", "below"), "odd_aspect": ("aspect", "above"),
+    "dark": ("lum_p99", "below"), "low_information": ("detail", "below"),
+    "bright": ("clip_share", "above"), "grayscale": ("chroma_p99", "below"),
+    "blurry": ("blur", "above")}
 
 
 def measure(img: np.ndarray, width: int | None = None, height: int | None = None, *,
@@ -313,11 +345,10 @@ def _blur(y: np.ndarray, coarse: np.ndarray, n: int) -> np.ndarray:
     return np.where(ok.any(1), sharpest, score.mean(1))
 
 
-# (issue, measure, config field, True when low values are bad, z-scores of the log: a spread)
-_RULES = (("dark", "lum_p99", "dark_p99", True, False),
-          ("bright", "clip_share", "bright_clip", False, False),
-          ("low_information", "detail", "low_detail", True, True),
-          ("blurry", "blur", "max_blur", False, False))
+# The limits a collection can tighten: (issue, config field, z-scores of the log: a spread).
+_RELATIVE = (("dark", "dark_p99", False), ("bright", "bright_clip", False),
+             ("low_information", "low_detail", True), ("blurry", "max_blur", False))
+_ABSOLUTE = {"small": "resolution", "odd_aspect": "max_aspect", "grayscale": "gray_chroma"}
 
 
 def to_columns(rows: Sequence[Mapping[str, float]]) -> dict[str, np.ndarray]:
@@ -325,14 +356,22 @@ def to_columns(rows: Sequence[Mapping[str, float]]) -> dict[str, np.ndarray]:
     return {k: np.array([r[k] for r in rows], np.float64) for k in MEASURES}
 
 
+def table_columns(table: np.ndarray) -> dict[str, np.ndarray]:
+    """A ``measure_batch`` table (``MEASURES`` order) as one array per measure."""
+    return {k: np.asarray(table[:, j], np.float64) for j, k in enumerate(MEASURES)}
+
+
 def thresholds(columns: Mapping[str, np.ndarray], config: QualityConfig = QualityConfig()
                ) -> dict[str, float]:
-    """The limit each rule applies to this collection: the absolute one, tightened where the
-    collection itself sits past it (robust z-score: median and 1.4826 x MAD)."""
-    out = {}
+    """The limit each rule applies to this collection (every issue, ``ISSUES`` order): the
+    absolute one, tightened where the collection itself sits past it (robust z-score: median
+    and 1.4826 x MAD) for dark, bright, low_information and blurry."""
+    out = {issue: float(getattr(config, field)) for issue, field in _ABSOLUTE.items()}
     n = len(next(iter(columns.values()))) if columns else 0
-    for issue, name, field, low_bad, log in _RULES:
-        limit = getattr(config, field)
+    for issue, field, log in _RELATIVE:
+        name, direction = RULES[issue]
+        low_bad = direction == "below"
+        limit = float(getattr(config, field))
         if config.relative_z > 0 and n >= config.min_collection:
             v = np.asarray(columns[name], np.float64)
             if log:
@@ -343,7 +382,7 @@ def thresholds(columns: Mapping[str, np.ndarray], config: QualityConfig = Qualit
             rel = float(np.exp(rel)) if log else rel
             limit = min(limit, rel) if low_bad else max(limit, rel)
         out[issue] = limit
-    return out
+    return {issue: out[issue] for issue in ISSUES}
 
 
 def flag_issues(columns: Mapping[str, np.ndarray] | Sequence[Mapping[str, float]],
@@ -351,30 +390,22 @@ def flag_issues(columns: Mapping[str, np.ndarray] | Sequence[Mapping[str, float]
     """Per image, the issues it has (in ``ISSUES`` order: the first is its drop reason).
 
     ``columns``: the measures of a whole collection (``to_columns`` form, or a list of
-    ``measure`` results); the relative part of the rules needs all of them at once.
+    ``measure`` results); the relative part of the rules needs all of them at once. An
+    unknown measure (NaN: a source size not recorded) flags nothing.
     """
     if not isinstance(columns, Mapping):
         columns = to_columns(columns)
     cols = {k: np.asarray(v, np.float64) for k, v in columns.items()}
+    cols["short_side"] = np.minimum(cols["width"], cols["height"])
     n = len(cols["width"])
     limits = thresholds(cols, config)
-    short = np.minimum(cols["width"], cols["height"])
-    hits: dict[str, tuple[np.ndarray, str, np.ndarray, float]] = {
-        "small": (short < config.resolution, "short_side", short, float(config.resolution)),
-        "odd_aspect": (cols["aspect"] > config.max_aspect, "aspect", cols["aspect"],
-                       config.max_aspect),
-        "grayscale": (cols["chroma_p99"] <= config.gray_chroma, "chroma_p99",
-                      cols["chroma_p99"], config.gray_chroma),
-    }
-    for issue, name, _, low_bad, _ in _RULES:
-        v, t = cols[name], limits[issue]
-        hit = v < t if low_bad else v > t
-        if issue == "dark":
-            hit &= cols["lum_mean"] < config.dark_mean
-        hits[issue] = (hit, name, v, t)
     flags: list[list[Flag]] = [[] for _ in range(n)]
     for issue in ISSUES:
-        hit, name, v, t = hits[issue]
+        name, direction = RULES[issue]
+        v, t = cols[name], limits[issue]
+        hit = v < t if direction == "below" else v > t
+        if issue == "dark":
+            hit &= cols["lum_mean"] < config.dark_mean
         for i in np.flatnonzero(hit):
             flags[i].append(Flag(issue, name, float(v[i]), float(t)))
     return flags
