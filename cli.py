@@ -365,8 +365,10 @@ def filter_cmd(
                                     "are only flagged."),
     flag_only: bool = typer.Option(False, "--flag-only", help="Keep every image; record "
                                    "each one's issues in the manifest (`flags`)."),
-    resolution: int = typer.Option(64, min=1, help="Training resolution: a shorter source "
-                                   "side is `small`; LSUN/folder sources are extracted at it."),
+    resolution: int | None = typer.Option(None, min=1, help="Training resolution: a shorter "
+                                          "source side is `small` (default: a dataset's "
+                                          "image size; 64 for LSUN/folder sources, which are "
+                                          "extracted at it)."),
     max_aspect: float = typer.Option(2.0, min=1.0, help="odd_aspect: long/short side above."),
     dark_p99: float = typer.Option(0.40, help="dark: brightest 1% of luma below (0..1)..."),
     dark_mean: float = typer.Option(0.20, help="...and mean luma below (0..1)."),
@@ -391,15 +393,20 @@ def filter_cmd(
     again. Examples: python cli.py filter data/bedroom64 --out data/bedroom64-clean
                      python cli.py filter data/bedroom64 --out flagged --flag-only
     """
+    from pipeline.dataset import Dataset
     from pipeline.extract import ExtractConfig
     from pipeline.filter import FilterConfig, filter_source
     from pipeline.quality import ISSUES, QualityConfig
-    from pipeline.sources import open_source
+    from pipeline.sources import DatasetSource, open_source
 
     setup_logging(quiet)
     issues = ISSUES if drop is None else tuple(i.strip() for i in drop.split(",") if i.strip())
     if not issues and not flag_only:
         raise UserError("--drop names no issue: to keep every image, use --flag-only")
+    source = open_source(src, limit=limit, category=category, split=split)
+    if resolution is None:  # the size the images are stored (trained) at
+        resolution = Dataset(source.root).images.shape[1] \
+            if isinstance(source, DatasetSource) else 64
     rules = QualityConfig(resolution=resolution, max_aspect=max_aspect, gray_chroma=gray_chroma,
                           dark_p99=dark_p99, dark_mean=dark_mean, bright_clip=bright_clip,
                           low_detail=low_detail, max_blur=max_blur, relative_z=relative_z,
@@ -410,8 +417,7 @@ def filter_cmd(
         echo_config({"src": src, "limit": limit, "out": out, "overwrite": overwrite,
                      "extract": _plain(ext), **_plain(config)})
         return
-    r = filter_source(open_source(src, limit=limit, category=category, split=split), out,
-                      config, ext, overwrite=overwrite, progress=not quiet)
+    r = filter_source(source, out, config, ext, overwrite=overwrite, progress=not quiet)
     if quiet:
         return
     if r.skipped:

@@ -24,7 +24,7 @@ CLIP = 250  # a channel value at or above this is blown out
 # In order of precedence: the first issue an image has is its drop reason. A black frame is
 # `dark`, a flat frame of any other level `low_information` (even when a channel is clipped).
 ISSUES = ("small", "odd_aspect", "dark", "low_information", "bright", "grayscale", "blurry")
-# What each measure means (all pixel measures on 0..1 scales, at the working scale).
+# What each measure means (pixel measures on 0..1 scales; at which scale: docs/quality.md).
 MEASURES = {
     "width": "source width in pixels",
     "height": "source height in pixels",
@@ -104,8 +104,8 @@ def measure(img: np.ndarray, width: int | None = None, height: int | None = None
     ``width``/``height``: the source's size when ``img`` was decoded reduced or cropped (the
     size rules judge the source); default: ``img``'s own.
     """
-    row = measure_batch([img], None if width is None else [(width or img.shape[1],
-                                                           height or img.shape[0])], bgr=bgr)
+    size = (width or img.shape[1], height or img.shape[0])
+    row = measure_batch([img], [size], bgr=bgr)
     return dict(zip(MEASURES, map(float, row[0])))
 
 

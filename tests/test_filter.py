@@ -18,7 +18,7 @@ from demo.samples import encode, package_photos, write_lmdb
 from pipeline.dataset import Dataset, DatasetWriter
 from pipeline.decode import prepare, prepare_measured
 from pipeline.errors import UserError
-from pipeline.extract import extract
+from pipeline.extract import ExtractConfig, extract
 from pipeline.filter import FilterConfig, filter_dataset, filter_source
 from pipeline.lsun import LsunSource
 from pipeline.quality import ISSUES, MEASURES, RULES, WORK_SIDE, QualityConfig, measure_batch
@@ -310,7 +310,7 @@ def _main(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_cli_summary_dry_run_quiet_and_one_line_errors(extracted, tmp_path, capsys):
+def test_cli_summary_dry_run_quiet_and_one_line_errors(extracted, folder, tmp_path, capsys):
     out = tmp_path / "out"
     p = _cli("filter", str(extracted), "--out", str(out), "--drop", "dark,small")
     assert p.returncode == 0, p.stderr
@@ -320,6 +320,12 @@ def test_cli_summary_dry_run_quiet_and_one_line_errors(extracted, tmp_path, caps
     code, stdout, _ = _main(capsys, "filter", str(extracted), "--out", str(tmp_path / "dry"),
                             "--dry-run", "--max-blur", "0.5")
     assert code == 0 and '"max_blur": 0.5' in stdout and not (tmp_path / "dry").exists()
+    assert '"resolution": 64' in stdout  # `small`: below the dataset's own image size
+    extract(FolderSource(folder[0]), tmp_path / "p32", ExtractConfig(resolution=32),
+            progress=False)
+    code, stdout, _ = _main(capsys, "filter", str(tmp_path / "p32"), "--out",
+                            str(tmp_path / "dry"), "--dry-run")
+    assert code == 0 and '"resolution": 32' in stdout
     code, stdout, _ = _main(capsys, "filter", str(extracted), "--out", str(tmp_path / "q"),
                             "-q", "--flag-only")
     assert code == 0 and stdout == "" and Dataset(tmp_path / "q").stats["flag_only"]
