@@ -38,13 +38,15 @@ from pipeline.quality import (  # noqa: E402
     laplacian_variance,
     measure_batch,
     to_columns,
+    working_copy,
 )
 
-# Textbook fixed limits on the same measures: mean luma for exposure, variance of the
-# Laplacian < 100 for blur (the usual OpenCV recipe), histogram entropy for information.
+# Textbook fixed limits: mean luma for exposure, variance of the Laplacian < 100 for blur
+# (the usual OpenCV recipe), histogram entropy for information, Hasler-Suesstrunk
+# colourfulness for grey.
 NAIVE = {"dark": ("lum_mean", "<", 0.2), "bright": ("lum_mean", ">", 0.8),
          "blurry": ("lap_var", "<", 100.0), "low_information": ("entropy", "<", 4.0),
-         "grayscale": ("colourfulness", "<", 0.02)}
+         "grayscale": ("hasler", "<", 0.02)}
 CLEANVISION = {"dark": "dark", "light": "bright", "blurry": "blurry",
                "low_information": "low_information", "grayscale": "grayscale",
                "odd_aspect_ratio": "odd_aspect", "odd_size": "small"}
@@ -70,8 +72,16 @@ def measure_items(items: list[Item]) -> tuple[list[dict | None], float]:
             continue
         row = dict(zip(MEASURES, map(float, next(table))))
         row["lap_var"] = laplacian_variance(d[2], bgr=True)  # for the naive baseline
+        row["hasler"] = hasler_colourfulness(d[2])
         rows.append(row)
     return rows, spent
+
+
+def hasler_colourfulness(img: np.ndarray) -> float:
+    """Hasler & Suesstrunk 2003 colourfulness / 255 of a BGR image at the working scale."""
+    b, g, r = (c.astype(np.float64) for c in np.moveaxis(working_copy(img), -1, 0))
+    rg, yb = r - g, (r + g) / 2 - b
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean())) / 255
 
 
 def ours(rows: list[dict | None], config: QualityConfig) -> list[str | None]:

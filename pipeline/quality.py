@@ -35,7 +35,7 @@ MEASURES = {
     "dark_share": "share of pixels with luma <= 10/255 (crushed shadows)",
     "clip_share": "share of pixels with a channel >= 250/255 (blown highlights)",
     "entropy": "entropy of the 256-bin luma histogram, bits",
-    "colourfulness": "Hasler-Suesstrunk colourfulness / 255",
+    "colourfulness": "mean of max-min channel difference (how saturated, on average)",
     "chroma_p99": "99th percentile of max-min channel difference (0 when R=G=B)",
     "detail": "luma standard deviation at 1/8 of the working scale (noise averaged out)",
     "blur": "Crete-Roffet re-blur score of the sharpest 3x3 tile, worst of 4 directions "
@@ -239,7 +239,7 @@ def _measure_stack(x: np.ndarray, bgr: bool) -> dict[str, np.ndarray]:
     half = min(1, len(pyramid) - 1)
     colour = _halve_stack(tall, n) if half else tall
     m = _tone(_histograms(pyramid[half], n))
-    m.update(_colour(colour, n, bgr))
+    m.update(_colour(colour, n))
     m["detail"] = pyramid[-1].reshape(n, -1).std(1, dtype=np.float64) / 255
     m["blur"] = _blur(grey, pyramid[min(2, len(pyramid) - 1)], n)
     return m
@@ -258,33 +258,20 @@ def _tone(hist: np.ndarray) -> dict[str, np.ndarray]:
             "entropy": -(p * logp).sum(1)}
 
 
-def _colour(img: np.ndarray, n: int, bgr: bool) -> dict[str, np.ndarray]:
-    """Blown highlights (at the tone scale), and the channel differences and colourfulness
-    one halving lower: those are statistics of colour regions, not of single pixels (for an
-    R=G=B image every scale is grey), and the 4x fewer pixels matter here."""
+def _colour(img: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Blown highlights (at the tone scale), and the channel spread one halving lower: a
+    statistic of colour regions, not of single pixels (an R=G=B image is grey at every
+    scale), and the 4x fewer pixels matter here."""
     import cv2
 
     unclipped = cv2.inRange(img, (0, 0, 0), (CLIP - 1,) * 3)  # 255 where no channel is blown
     clip = 1 - _per_image_sums(unclipped, n) / (255 * unclipped.size / n)
     small = _halve_stack(img, n) if min(img.shape[0] // n, img.shape[1]) >= 2 else img
     c0, c1, c2 = cv2.split(small)
-    chroma = _quantile(_histograms(cv2.subtract(cv2.max(cv2.max(c0, c1), c2),
-                                                cv2.min(cv2.min(c0, c1), c2)), n), 0.99)
-    r, g, b = (c2, c1, c0) if bgr else (c0, c1, c2)
-    # Hasler & Suesstrunk 2003: opponent channels rg = R - G, yb = (R + G) / 2 - B, each
-    # stored halved around 128 (one uint8 plane, one histogram; the rounding is noise).
-    rg = cv2.addWeighted(r, 0.5, g, -0.5, 128)
-    yb = cv2.addWeighted(cv2.addWeighted(r, 0.5, g, 0.5, 0), 0.5, b, -0.5, 128)
-    levels = (np.arange(256) - 128) * 2.0
-    stats = []
-    for plane in (rg, yb):
-        p = _histograms(plane, n)
-        p /= p.sum(1, keepdims=True)
-        mean = p @ levels
-        stats.append((mean, np.sqrt(np.maximum(p @ levels ** 2 - mean ** 2, 0.0))))
-    (rg_mean, rg_std), (yb_mean, yb_std) = stats
-    colourful = (np.hypot(rg_std, yb_std) + 0.3 * np.hypot(rg_mean, yb_mean)) / 255
-    return {"clip_share": clip, "colourfulness": colourful, "chroma_p99": chroma}
+    spread = _histograms(cv2.subtract(cv2.max(cv2.max(c0, c1), c2),
+                                      cv2.min(cv2.min(c0, c1), c2)), n)
+    return {"clip_share": clip, "chroma_p99": _quantile(spread, 0.99),
+            "colourfulness": (spread / spread.sum(1, keepdims=True)) @ (np.arange(256) / 255)}
 
 
 _TILES = 3  # the blur test's tiles per side
