@@ -352,8 +352,7 @@ def dedup_cmd(
         + f" Review {r.path / 'review.png'}; wrote {r.path}")
 
 
-@app.command("filter", short_help="Drop dark, bright, blurry, flat, grey, small and strip "
-             "images (quality measures).")
+@app.command("filter", short_help="Drop dark, bright, blurry, flat, grey or small images.")
 def filter_cmd(
     src: Path = typer.Argument(..., metavar="SRC", help="A dataset directory, an LSUN "
                                "database (or a root with --category) or a folder of photos "

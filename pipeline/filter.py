@@ -92,12 +92,11 @@ def _run(ds: Dataset, out: str | Path | OutputDir, config: FilterConfig, overwri
     n = len(ds) if config.limit is None else min(config.limit, len(ds))
     if n == 0:
         raise UserError(f"{ds.root} holds no images to filter")
-    table, computed = _measures(ds, n, progress)
     sources = {name: ds.array(name) for name in ds.array_names}
     arrays = {name: (a.shape[1:], a.dtype.name) for name, a in sources.items()}
     columns = dict(ds.stats.get("columns", {}))
-    if computed:  # the output gets the table the input lacked
-        sources[TABLE] = table
+    stored = ds.has_table(TABLE) and set(MEASURES) <= set(ds.table(TABLE))
+    if not stored:  # the output gets the table the input lacks
         arrays[TABLE] = ((len(MEASURES),), "float32")
         columns[TABLE] = list(MEASURES)
     with DatasetWriter(out, "filter", identity(config), arrays, lineage=[ds.identity()],
@@ -105,16 +104,17 @@ def _run(ds: Dataset, out: str | Path | OutputDir, config: FilterConfig, overwri
                        columns=columns) as writer:
         if writer.done:
             return writer.result
-        return _filter(ds, writer, config, n, table, sources, computed, progress)
+        if stored:
+            table = ds.table(TABLE)
+            table = np.stack([np.asarray(table[k][:n], np.float32) for k in MEASURES], 1)
+        else:
+            table = sources[TABLE] = _measure_pixels(ds, n, progress)
+        return _filter(ds, writer, config, n, table, sources, not stored, progress)
 
 
-def _measures(ds: Dataset, n: int, progress: bool) -> tuple[np.ndarray, bool]:
-    """The first ``n`` rows of the input's measures table (``MEASURES`` order), or, for a
-    dataset without one, the measures of its stored images (True: computed here)."""
-    if ds.has_table(TABLE):
-        table = ds.table(TABLE)
-        if set(MEASURES) <= set(table):
-            return np.stack([np.asarray(table[k][:n], np.float32) for k in MEASURES], 1), False
+def _measure_pixels(ds: Dataset, n: int, progress: bool) -> np.ndarray:
+    """The measures of the first ``n`` stored images of a dataset without a measures table
+    (``MEASURES`` order; the source sizes unknown: NaN)."""
     images = ds.images
     log.warning("%s has no measures table (made by an older version, or by a stage that "
                 "did not decode): measuring its %d stored %d px images instead (blur is "
@@ -128,7 +128,7 @@ def _measures(ds: Dataset, n: int, progress: bool) -> tuple[np.ndarray, bool]:
         bar.update(stop - start)
     bar.close()
     out[:, [list(MEASURES).index(k) for k in ("width", "height", "aspect")]] = np.nan
-    return out, True
+    return out
 
 
 def _flag_rows(flags: list[Flag]) -> list[dict[str, Any]]:

@@ -248,6 +248,10 @@ def test_dataset_without_measures_is_measured_from_its_pixels(extracted, tmp_pat
             [issue, issue]
     assert not {"small", "odd_aspect"} & set(reasons.values())
     assert not any(k.startswith("clean") for k in reasons)
+    caplog.clear()  # a rerun is a no-op: nothing measured again, nothing said
+    with caplog.at_level(logging.WARNING, "pipeline"):
+        assert filter_dataset(old, tmp_path / "out", progress=False).skipped
+    assert not caplog.messages
 
 
 def test_extraction_records_the_measures_of_each_crop(extracted, folder):
