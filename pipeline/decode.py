@@ -297,13 +297,21 @@ def resize(img: np.ndarray, size: int) -> np.ndarray:
     """
     import cv2
 
-    while img.shape[0] >= 2 * size and img.shape[0] % 2 == 0 and img.shape[1] % 2 == 0:
-        img = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2),
-                         interpolation=cv2.INTER_AREA)
+    img = _halvings(img, size)
     if img.shape[0] == size and img.shape[1] == size:
         return np.ascontiguousarray(img)
     interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_CUBIC
     return cv2.resize(img, (size, size), interpolation=interp)
+
+
+def _halvings(img: np.ndarray, size: int) -> np.ndarray:
+    """Exact 2x area reductions while the image stays at least twice ``size`` (even sides)."""
+    import cv2
+
+    while img.shape[0] >= 2 * size and img.shape[0] % 2 == 0 and img.shape[1] % 2 == 0:
+        img = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2),
+                         interpolation=cv2.INTER_AREA)
+    return img
 
 
 THUMB = 32  # the dedup autoencoder's input: 32 x 32 centre crops (paper, section 4.1.1)
@@ -311,9 +319,29 @@ THUMB = 32  # the dedup autoencoder's input: 32 x 32 centre crops (paper, sectio
 
 def prepare(data: bytes, resolution: int) -> tuple[np.ndarray, np.ndarray]:
     """Encoded bytes to (centre crop at ``resolution``, 32 x 32 centre-crop thumbnail)."""
+    return _finish(center_crop(_decode_bgr(data, max(resolution, THUMB), MAX_PIXELS)),
+                   resolution)
+
+
+def prepare_measured(data: bytes, resolution: int, work_side: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+    """``prepare``, plus what the quality measures need from the same decode: the centre
+    crop halved towards ``work_side`` (BGR; short side below 2 x ``work_side``, or the crop
+    itself when smaller) and the source's (width, height) from its header.
+
+    The training image continues from those halvings (the same pixels as ``prepare``'s:
+    ``resize`` takes the same first steps), so the measures' copy costs nothing extra.
+    """
+    crop = center_crop(_decode_bgr(data, max(resolution, THUMB, work_side), MAX_PIXELS))
+    level = _halvings(crop, work_side)
+    image, thumb = _finish(level if work_side >= resolution else crop, resolution)
+    return image, thumb, level, image_size(data)
+
+
+def _finish(crop: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """A BGR centre crop to the RGB training image and thumbnail."""
     import cv2
 
-    crop = center_crop(_decode_bgr(data, max(resolution, THUMB), MAX_PIXELS))
     image = resize(crop, resolution)
     # From the image when it is at least as large (cheaper, and the same box filter).
     thumb = resize(image if resolution >= THUMB else crop, THUMB)

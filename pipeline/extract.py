@@ -1,7 +1,9 @@
 """The extraction stage: any image source to a dataset directory of centre crops.
 
-Each record is decoded once into the training-resolution crop (``images``) and the 32 x 32
-thumbnail the dedup stage needs (``thumbs``). Unreadable records are dropped with reason
+Each record is decoded once into the training-resolution crop (``images``), the 32 x 32
+thumbnail the dedup stage needs (``thumbs``) and the quality measures of the crop (the
+``measures`` table: ``quality.MEASURES``, the source's width and height included), which the
+filter stage reads instead of decoding again. Unreadable records are dropped with reason
 ``corrupt`` (``too_large`` for decompression bombs) into the ``rejected`` list.
 """
 
@@ -17,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.dataset import Dataset, DatasetWriter, StageResult, is_dataset
-from pipeline.decode import THUMB, DecodeError, prepare
+from pipeline.decode import THUMB, DecodeError, prepare_measured
 from pipeline.errors import UserError
-from pipeline.outputs import cache_root
+from pipeline.outputs import OutputDir, cache_root
+from pipeline.quality import MEASURES, WORK_SIDE, measure_batch
 from pipeline.runner import worker_state
 from pipeline.sources import DatasetSource, Source, open_source
 from pipeline.stage import HOW, check_parallelism, identity, run_stage
@@ -52,20 +55,21 @@ class Chunk:
     details: list[str]
     images: np.ndarray
     thumbs: np.ndarray
+    measures: np.ndarray  # N x len(MEASURES) float32, one row per kept record
 
 
 def prepare_chunk(task: tuple[int, int]) -> Chunk:
     """Decode records ``start..stop-1`` of the worker's source (the per-task function)."""
     state = worker_state()
     source, res = state["source"], state["resolution"]
-    keys, status, details, images, thumbs = [], [], [], [], []
+    keys, status, details, images, thumbs, works, sizes = [], [], [], [], [], [], []
     for key, data in source.read_range(*task):
         keys.append(key)
         try:
             if data is None:
                 why = getattr(source, "why_unreadable", None)
                 raise DecodeError("corrupt", why(key) if why else "unreadable record")
-            image, thumb = prepare(data, res)
+            image, thumb, work, size = prepare_measured(data, res, WORK_SIDE)
         except DecodeError as e:
             status.append(e.reason)
             details.append(e.detail)
@@ -74,10 +78,14 @@ def prepare_chunk(task: tuple[int, int]) -> Chunk:
         details.append("")
         images.append(image)
         thumbs.append(thumb)
+        works.append(work)
+        sizes.append(size)
     empty = np.zeros((0, res, res, 3), np.uint8)
+    # The chunk's crops measured together: a few OpenCV calls for all of them.
     return Chunk(keys, status, details,
                  np.stack(images) if images else empty,
-                 np.stack(thumbs) if thumbs else np.zeros((0, THUMB, THUMB, 3), np.uint8))
+                 np.stack(thumbs) if thumbs else np.zeros((0, THUMB, THUMB, 3), np.uint8),
+                 measure_batch(works, sizes, bgr=True))
 
 
 def extract(source: Source, out: str | Path, config: ExtractConfig = ExtractConfig(), *,
@@ -95,9 +103,10 @@ def extract(source: Source, out: str | Path, config: ExtractConfig = ExtractConf
                         "reads image folders and LSUN databases")
     res = config.resolution
     with DatasetWriter(out, "extract", identity(config),
-                       {"images": (res, res, 3), "thumbs": (THUMB, THUMB, 3)},
+                       {"images": (res, res, 3), "thumbs": (THUMB, THUMB, 3),
+                        "measures": ((len(MEASURES),), "float32")},
                        lineage=[source.describe()], inputs=source.paths,
-                       overwrite=overwrite) as writer:
+                       overwrite=overwrite, columns={"measures": list(MEASURES)}) as writer:
         if not writer.done:
             workers = run_stage(writer, prepare_chunk, write_chunk,
                                 {"source": source, "resolution": res}, len(source), config,
@@ -111,6 +120,29 @@ def extract(source: Source, out: str | Path, config: ExtractConfig = ExtractConf
     return result
 
 
+EXTRACTED = "extracted"  # a stage's extraction of its image source, inside its output
+
+
+def extract_within(held: OutputDir, source: Source, config: ExtractConfig, *,
+                   overwrite: bool = False, progress: bool = True, threads: bool = True,
+                   engine: Any = None) -> tuple[Dataset, StageResult]:
+    """Extract ``source`` into ``EXTRACTED/`` inside the output ``held`` (a stage given an
+    LSUN database or a folder instead of a dataset directory): the tool's own nested dataset,
+    resumable, and finished once: a rerun of the stage (other thresholds, ``--overwrite``)
+    finds it and decodes nothing. An extraction there made with other settings or from
+    another source is replaced only with ``overwrite`` (it is the expensive part)."""
+    cache = held.own(EXTRACTED + "/")
+    try:
+        result = extract(source, cache, config, progress=progress, threads=threads,
+                         engine=engine)
+    except UserError as e:
+        if e.param != "overwrite" or not overwrite:
+            raise
+        result = extract(source, cache, config, overwrite=True, progress=progress,
+                         threads=threads, engine=engine)
+    return Dataset(cache), result
+
+
 def _reasons(dropped: dict[str, int]) -> str:
     return ", ".join(f"{n} {r}" for r, n in Counter(dropped).most_common())
 
@@ -118,7 +150,8 @@ def _reasons(dropped: dict[str, int]) -> str:
 def write_chunk(writer: DatasetWriter, chunk: Chunk) -> int:
     """Add a chunk's kept records and drop its failed ones, in record order; its size."""
     writer.add_many([k for k, s in zip(chunk.keys, chunk.status) if s is None],
-                    {"images": chunk.images, "thumbs": chunk.thumbs})
+                    {"images": chunk.images, "thumbs": chunk.thumbs,
+                     "measures": chunk.measures})
     for key, status, detail in zip(chunk.keys, chunk.status, chunk.details):
         if status is not None:
             writer.drop(key, status, detail=detail)

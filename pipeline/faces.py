@@ -6,7 +6,9 @@ downscaled copy when the photo is larger than needed), overlapping detections ar
 and each face is kept as a square crop with a margin when its box is at least ``min_size``
 source pixels. Every detection that is not kept goes to the ``rejected`` list with its box and a
 reason (``too_small``, ``low_score``, ``overlap``); unreadable photos go there as ``corrupt``
-(``too_large`` for decompression bombs). Contact sheets of kept and rejected faces are
+(``too_large`` for decompression bombs). Each kept face's quality measures are those of its
+crop region (what the trainer sees; width and height: the region's side in source pixels), in
+the ``measures`` table, as extraction's. Contact sheets of kept and rejected faces are
 written next to the dataset.
 """
 
@@ -29,6 +31,7 @@ from pipeline.face_detectors import (
     build_detector,
     iou,
 )
+from pipeline.quality import MEASURES, WORK_SIDE, measure_batch
 from pipeline.runner import worker_state
 from pipeline.sources import Source
 from pipeline.stage import HOW, check_parallelism, identity, run_stage
@@ -135,12 +138,14 @@ def suppress(detections: list[Detection], iou_threshold: float) -> list[bool]:
 
 @dataclass
 class Face:
-    """One detection: its box, score, crop at the stored resolution and drop reason (or None)."""
+    """One detection: its box, score, crop at the stored resolution and drop reason (or None);
+    a kept face also has its quality measures (a ``MEASURES`` row)."""
 
     box: tuple[int, int, int, int]
     score: float
     reason: str | None
     crop: np.ndarray
+    measures: np.ndarray | None = None
 
 
 def find_faces(img: np.ndarray, detector: FaceDetector, config: FacesConfig) -> list[Face]:
@@ -160,6 +165,13 @@ def find_faces(img: np.ndarray, detector: FaceDetector, config: FacesConfig) -> 
         crop = crop_face(img, d.box, config.resolution, config.margin, config.border)
         faces.append(Face(tuple(int(v) for v in d.box), d.score, reason, crop))
     faces.sort(key=lambda f: (f.box[1], f.box[0]))  # reading order: stable, ids make sense
+    kept = [f for f in faces if f.reason is None]
+    # The crop region at the measures' working scale (never enlarged), measured together.
+    sides = [square_box(f.box, config.margin, img.shape, config.border)[2] for f in kept]
+    works = [crop_face(img, f.box, min(side, WORK_SIDE), config.margin, config.border)
+             for f, side in zip(kept, sides)]
+    for f, row in zip(kept, measure_batch(works, [(s, s) for s in sides])):
+        f.measures = row
     return faces
 
 
@@ -204,9 +216,10 @@ def detect_faces(source: Source, out: str | Path, config: FacesConfig = FacesCon
     """
     res = config.resolution
     with DatasetWriter(out, "faces", config.identity(),
-                       {"images": (res, res, 3), "thumbs": (THUMB, THUMB, 3)},
+                       {"images": (res, res, 3), "thumbs": (THUMB, THUMB, 3),
+                        "measures": ((len(MEASURES),), "float32")},
                        lineage=[source.describe()], inputs=source.paths,
-                       overwrite=overwrite) as writer:
+                       overwrite=overwrite, columns={"measures": list(MEASURES)}) as writer:
         if writer.done:
             return writer.result
         sheets = Sheets(config.sheet, source.paths[0].name if source.paths else "the source",
@@ -233,7 +246,8 @@ def write_photo(writer: DatasetWriter, photo: PhotoResult, sheets: Sheets) -> No
         meta = {"source": photo.key, "box": list(f.box), "score": f.score}
         key = f"{photo.key}#{j}"
         if f.reason is None:
-            writer.add(key, {"images": f.crop, "thumbs": resize(f.crop, THUMB)}, **meta)
+            writer.add(key, {"images": f.crop, "thumbs": resize(f.crop, THUMB),
+                             "measures": f.measures}, **meta)
         else:
             writer.drop(key, f.reason, **meta)
         sheets.add(f, photo.key)

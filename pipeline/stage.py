@@ -2,7 +2,8 @@
 
 Shared by every stage that turns a source into a dataset directory (extraction, faces):
 the settings' identity, sharding over machines, resuming after the writer's last
-checkpoint, the worker pool and the progress report.
+checkpoint, the worker pool and the progress report; and by the stages that read a dataset
+(dedup, filter): carrying the input's drop lists over.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from pipeline.dataset import DatasetWriter
+from pipeline.dataset import Dataset, DatasetWriter
 from pipeline.errors import UserError
 from pipeline.progress import progress_bar
 from pipeline.runner import default_workers, run_ordered
@@ -126,3 +127,13 @@ def run_stage(writer: DatasetWriter, fn: Callable[[tuple[int, int]], Any],
         if hasattr(results, "close"):
             results.close()  # a pool stops with the generator that drives it
     return workers
+
+
+def carry_drops(writer: DatasetWriter, ds: Dataset) -> None:
+    """Copy the input's drop lists (e.g. corrupt records) into the output's, counted apart
+    (``carried``): what was dropped earlier in the chain stays listed."""
+    for file in ds.drop_files:
+        for rec in ds.drops(file):
+            rest = {k: v for k, v in rec.items() if k not in ("key", "reason")}
+            writer.drop(rec["key"], rec.get("reason", "rejected"), file=file, carried=True,
+                        **rest)

@@ -176,3 +176,26 @@ def test_size_rules_judge_the_source_not_the_decoded_copy():
     small = flag_issues([measure(img, 48, 48)])[0]
     strip = flag_issues([measure(img, 900, 300)])[0]
     assert [f.issue for f in small] == ["small"] and [f.issue for f in strip] == ["odd_aspect"]
+
+
+def test_a_stack_measures_each_image_as_alone():
+    """Measured together (one tall image per shape), no image's numbers depend on its
+    neighbours: a flat frame between two sharp photos, odd sizes, small and grey images."""
+    from pipeline.quality import measure_batch
+
+    rng = np.random.default_rng(5)
+    flat = np.full((128, 128, 3), 90, np.uint8)
+    # Detail only at the very top and bottom, next to the seams of the stack, after noise.
+    edges = flat.copy()
+    edges[:12] = edges[-12:] = _view(PHOTOS["coffee"], rng, 1.0, 128)[:12]
+    noise = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    images = [noise, edges, noise, _view(PHOTOS["astronaut"], rng, 1.0, 128), flat,
+              _view(PHOTOS["coffee"], rng, 1.0, 128), _view(PHOTOS["chelsea"], rng, 1.3, 97),
+              _view(PHOTOS["rocket"], rng, 1.0, 300), _view(PHOTOS["chelsea"], rng, 1.3, 97),
+              cv2.cvtColor(_view(PHOTOS["coffee"], rng, 1.0, 128), cv2.COLOR_RGB2GRAY),
+              _view(PHOTOS["retina"], rng, 1.0, 20)]
+    together = measure_batch(images)
+    for img, row in zip(images, together):
+        alone = measure(img)
+        assert np.allclose(row, [alone[k] for k in MEASURES], atol=1e-6), (img.shape, row)
+    assert together[4][list(MEASURES).index("blur")] == 1.0  # flat: no edges, fully "blurred"

@@ -29,12 +29,11 @@ from pipeline.devices import DEVICES
 from pipeline.errors import UserError
 from pipeline.outputs import OutputDir, check_separate
 from pipeline.progress import progress_bar
-from pipeline.stage import HOW, identity
+from pipeline.stage import HOW, carry_drops, identity
 
 log = logging.getLogger(__name__)
 
 HASH_DIR = "hash"  # cached model, codes and keys (kept when the stage starts again)
-EXTRACTED_DIR = "extracted"  # the extraction cache of `dedup lsun`
 _WRITE_BLOCK = 1024  # items written at once, then a commit point (one per item is slow)
 
 
@@ -211,7 +210,7 @@ def _dedup(ds: Dataset, writer: DatasetWriter, config: DedupConfig, progress: bo
     dup_of = result.duplicate_of
     # Drops the input already recorded (corrupt records) stay listed, counted apart.
     if writer.position == 0:
-        _carry_drops(writer, ds)
+        carry_drops(writer, ds)
     t0 = time.perf_counter()
     bar = progress_bar(n, "write", "img", progress, initial=writer.position)
     for start in range(writer.position, n, _WRITE_BLOCK):
@@ -244,15 +243,6 @@ def _dedup(ds: Dataset, writer: DatasetWriter, config: DedupConfig, progress: bo
         write_seconds=round(time.perf_counter() - t0, 3))
 
 
-def _carry_drops(writer: DatasetWriter, ds: Dataset) -> None:
-    """Copy the input's drop lists (e.g. corrupt records) into the output's."""
-    for file in ds.drop_files:
-        for rec in ds.drops(file):
-            rest = {k: v for k, v in rec.items() if k not in ("key", "reason")}
-            writer.drop(rec["key"], rec.get("reason", "rejected"), file=file, carried=True,
-                        **rest)
-
-
 def _warm_up_torch(device: str) -> threading.Thread:
     """Import torch and start CUDA (unless ``device`` is cpu) in a background thread, while
     the extraction's worker processes decode and this process mostly waits on them: these
@@ -282,7 +272,7 @@ def dedup_lsun(source, out: str | Path, config: DedupConfig = DedupConfig(),
 
     The whole run holds ``out``: the extraction is the tool's own nested dataset there.
     """
-    from pipeline.extract import ExtractConfig, extract
+    from pipeline.extract import EXTRACTED, ExtractConfig, extract_within
 
     if config.device not in ("auto", "cpu"):
         # An explicit cuda device is checked before decoding, not after hours of it.
@@ -294,25 +284,16 @@ def dedup_lsun(source, out: str | Path, config: DedupConfig = DedupConfig(),
     check_separate(out, inputs)
     _check_trainable(len(source), config)  # before anything is decoded or written
     with OutputDir(out, "dataset", inputs) as held:
-        cache = held.own(EXTRACTED_DIR + "/")
         warm = _warm_up_torch(config.device)
         # Worker processes, not threads: the warm-up thread holds this process's GIL for
         # seconds at a time (module imports), which would stall decoding threads.
-        try:
-            ext = extract(source, cache, extract_config, progress=progress, threads=False,
-                          engine=engine)
-        except UserError as e:
-            # A different extraction is replaced only when asked (it is the expensive part).
-            if e.param != "overwrite" or not overwrite:
-                raise
-            ext = extract(source, cache, extract_config, overwrite=True, progress=progress,
-                          threads=False, engine=engine)
+        ds, ext = extract_within(held, source, extract_config, overwrite=overwrite,
+                                 progress=progress, threads=False, engine=engine)
         warm.join()
-        ds = Dataset(cache)
         _check_size(ds, config)
         with DatasetWriter(held, "dedup", config.identity(), _arrays(ds),
                            lineage=[ds.identity()], overwrite=overwrite,
-                           keep=(HASH_DIR, EXTRACTED_DIR),
+                           keep=(HASH_DIR, EXTRACTED),
                            columns=ds.stats.get("columns")) as writer:
             result = writer.result if writer.done else _dedup(ds, writer, config, progress,
                                                               engine)
