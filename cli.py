@@ -490,8 +490,9 @@ def filter_cmd(
         f" (extracted into {r.path / 'extracted'} first"
         + (", already done" if x["extract_skipped"] else f", {x['extract_seconds']:.1f}s")
         + ")")
-    what = (f"kept all {r.kept} (--flag-only: the flags are in manifest.jsonl)" if flag_only
-            else f"kept {r.kept}, dropped {sum(r.dropped.values())} ({_drops(r.dropped)})")
+    what = (f"kept all {r.kept} (--flag-only: each image's flags are in the manifest)"
+            if flag_only else
+            f"kept {r.kept}, dropped {sum(r.dropped.values())} ({_drops(r.dropped)})")
     typer.echo(f"Read {r.read} images{extracted}: {what}; flagged: {_drops(flagged)}."
                + (f" The input had already dropped {sum(carried.values())} "
                   f"({_drops(carried)}), listed again here." if carried else "")
