@@ -82,7 +82,6 @@ def setup_logging(quiet: bool) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(logging.WARNING if quiet else logging.INFO)
-        logger.propagate = False
 
 
 def echo_config(obj: Any) -> None:
