@@ -26,21 +26,61 @@ def cache_dir() -> Path:
     return cache_root() / "lsun-keys"
 
 
+SPLITS = ("train", "val", "test")  # LSUN's splits (test has one database for all scenes)
+
+
 def resolve_databases(paths: list[str | Path], category: str | None = None,
                       split: str = "train") -> list[Path]:
-    """LMDB directories from ``*_lmdb`` paths, or from roots plus a category and split."""
+    """LMDB directories from ``*_lmdb`` paths, or from roots plus a category and split; a
+    name typed slightly wrong gets the databases that are there, and the closest."""
     if not paths:
         raise UserError("give at least one LSUN database")
+    if category and split not in SPLITS:
+        raise UserError(f"split must be one of {', '.join(SPLITS)} (got {split!r})",
+                        param="split")
     out = []
     for p in map(Path, paths):
         if category:
-            p = p / f"{category}_{split}_lmdb"
+            root, p = p, p / f"{category}_{split}_lmdb"
+            if not p.exists() and root.is_dir():
+                raise UserError(f"{root} holds no {p.name}{_hint(category, split, root)}")
         if not p.exists():
             raise UserError(f"LSUN database {p} does not exist")
         if not p.is_dir() or not (p / "data.mdb").is_file():
+            found = _databases_in(p) if p.is_dir() else []
+            if found:
+                raise UserError(f"{p} is a folder of LSUN databases ({_names(found)}): give "
+                                "one of them, or the folder with a `category` (e.g. "
+                                f"`category` {found[0].name.rsplit('_', 2)[0]})")
             raise UserError(f"{p} is not an LMDB database (no data.mdb inside)")
         out.append(p)
     return out
+
+
+def _databases_in(root: Path) -> list[Path]:
+    try:
+        return sorted(d for d in root.iterdir()
+                      if d.name.endswith("_lmdb") and (d / "data.mdb").is_file())
+    except OSError:
+        return []
+
+
+def _names(dbs: list[Path]) -> str:
+    names = [d.name for d in dbs]
+    return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+
+
+def _hint(category: str, split: str, root: Path) -> str:
+    """'; did you mean bedroom? (there: ...)' for a category close to one there."""
+    import difflib
+
+    found = _databases_in(root)
+    if not found:
+        return " (and no LSUN database at all)"
+    suffix = f"_{split}_lmdb"
+    there = [d.name[: -len(suffix)] for d in found if d.name.endswith(suffix)]
+    close = difflib.get_close_matches(category, there, n=1, cutoff=0.6)
+    return (f"; did you mean {close[0]}?" if close else "") + f" (there: {_names(found)})"
 
 
 def key_text(key: bytes) -> str:

@@ -127,3 +127,25 @@ def test_dry_run_prints_config_the_same_way(folder, tmp_path):
         r = cli(*args, "--out", str(tmp_path / "o"), "--dry-run")
         assert r.returncode == 0 and r.stdout.startswith("config:\n"), r.stdout
     assert not (tmp_path / "o").exists()
+
+
+def test_lsun_names_typed_slightly_wrong(tmp_path, photos):
+    """A category close to one there is suggested; a bad split is named; a root given
+    without a category says which databases it holds (issue 17)."""
+    from demo.samples import lsun_key, write_lmdb
+
+    rng = np.random.default_rng(0)
+    for name in ("bedroom_train_lmdb", "church_outdoor_train_lmdb"):
+        write_lmdb(tmp_path / name, [(lsun_key(rng), encode(photos[0], "webp"))])
+    for args, said in (
+        (["--category", "bedrom"], "holds no bedrom_train_lmdb; did you mean bedroom? "
+                                   "(there: bedroom_train_lmdb, church_outdoor_train_lmdb)"),
+        (["--category", "kitchen"], "holds no kitchen_train_lmdb (there: bedroom_train_lmdb"),
+        (["--category", "bedroom", "--split", "vall"], "--split must be one of train, val, "
+                                                       "test (got 'vall')"),
+        ([], "is a folder of LSUN databases (bedroom_train_lmdb, church_outdoor_train_lmdb): "
+             "give one of them, or the folder with a --category (e.g. --category bedroom)"),
+    ):
+        r = cli("extract", "lsun", str(tmp_path), "--out", str(tmp_path / "o"), *args)
+        assert r.returncode == 2 and len(lines(r.stderr)) == 1 and said in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
