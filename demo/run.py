@@ -3,7 +3,8 @@
 1. An LSUN-format database (LMDB, WebP values, 40-hex keys) of random views of the package
    photos, with planted near-duplicates (re-encoded, rescaled, cropped, brightened,
    watermarked, byte-identical copies) and a corrupt record.
-2. ``dedup lsun`` on it: extraction plus semantic-hash near-duplicate removal.
+2. ``dedup lsun`` on it: extraction plus semantic-hash near-duplicate removal, then the
+   quality ``filter``.
 3. ``detect-faces`` on a folder of photos with and without faces.
 4. ``train``: a short DCGAN run on the cleaned scenes, then a sample grid.
 """
@@ -116,7 +117,9 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
     from pipeline.dedup.stage import DedupConfig, dedup_lsun
     from pipeline.extract import ExtractConfig
     from pipeline.faces import FacesConfig, detect_faces
+    from pipeline.filter import FilterConfig, filter_dataset
     from pipeline.lsun import LsunSource
+    from pipeline.quality import QualityConfig
     from pipeline.report import write_report
     from pipeline.sources import FolderSource
 
@@ -157,6 +160,12 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
                     if k in removed_keys or v["of"] in removed_keys)
         lap("dedup")
 
+        # The demo trains at 32 px: a scene is `small` only below that.
+        clean = od.own("clean/")
+        q = filter_dataset(scenes, clean, FilterConfig(QualityConfig(
+            resolution=config.resolution)), overwrite=True, progress=progress)
+        lap("filter")
+
         photos = od.own("photos/")
         for name in face_photo_names():
             od.own(f"photos/{name}")
@@ -171,17 +180,17 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
         tconfig = TrainConfig(resolution=config.resolution, ngf=config.width,
                               ndf=config.width, batch_size=config.batch_size,
                               steps=config.steps, seed=config.seed, device=config.device)
-        if not d.skipped:  # new training data: a new run
+        if not q.skipped:  # new training data: a new run
             od.remove("run/")
         resume = bool(list_checkpoints(run))
-        t = train(scenes, run, tconfig, resume=resume, progress=progress)
+        t = train(clean, run, tconfig, resume=resume, progress=progress)
         G, gconfig = load_generator(run)
         grid = sample(G, gconfig, od.own("samples.png"), n=64, seed=config.seed)["grid"]
         lap("train")
 
         page = od.own("report.html")
         od.own("report_files/")
-        write_report([scenes, faces], page)
+        write_report([clean, faces], page)
         lap("report")
 
         report = {
@@ -192,6 +201,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
             "dedup": {"kept": d.kept, "removed": d.extra["removed"], "planted_found": found,
                       "dropped": {**d.extra.get("carried", {}), **d.dropped},
                       "review_sheet": str(scenes / "review.png"), "path": str(scenes)},
+            "filter": {"kept": q.kept, "dropped": q.dropped, "path": str(clean)},
             "faces": {"photos": f.read, "faces_kept": f.kept, "dropped": f.dropped,
                       "sheet": str(faces / "kept.png"), "path": str(faces)},
             "train": {"steps": t.get("step"), "steps_run": t.get("steps_run"),
@@ -214,9 +224,11 @@ def _load(path: Path) -> Any:
 
 def format_report(r: dict[str, Any]) -> str:
     """The report as a few lines a person reads."""
-    d, f, t, s = r["dedup"], r["faces"], r["train"], r["seconds"]
-    drops = ", ".join(f"{n} {k}" for k, n in (d["dropped"] or {}).items()) or "none"
-    fdrops = ", ".join(f"{n} {k}" for k, n in (f["dropped"] or {}).items()) or "none"
+    d, q, f, t, s = r["dedup"], r["filter"], r["faces"], r["train"], r["seconds"]
+
+    def drops(counts: dict[str, int] | None) -> str:
+        return ", ".join(f"{n} {k}" for k, n in (counts or {}).items()) or "none"
+
     laps = ", ".join(f"{k} {v}s" for k, v in s.items())
     rate = f"{t['img_per_s']} img/s" if t.get("steps_run") else "already trained"
     note = [] if r["lsun"].get("opencv_doc") else [
@@ -229,14 +241,16 @@ def format_report(r: dict[str, Any]) -> str:
         *note,
         f"2. dedup: kept {d['kept']}, removed {d['removed']} near-duplicates "
         f"({d['planted_found']} of the {r['lsun']['planted_duplicates']} planted), "
-        f"dropped: {drops}.",
+        f"dropped: {drops(d['dropped'])}.",
         f"   Review the removed/kept pairs: {d['review_sheet']}",
-        f"3. detect-faces: {f['photos']} photos, {f['faces_kept']} faces kept, "
-        f"dropped: {fdrops}. Faces: {f['sheet']}",
-        f"4. train: {t['steps']} steps on {t['device']} ({rate}). "
+        f"3. filter: kept {q['kept']}, dropped for quality: {drops(q['dropped'])} -> "
+        f"{q['path']}",
+        f"4. detect-faces: {f['photos']} photos, {f['faces_kept']} faces kept, "
+        f"dropped: {drops(f['dropped'])}. Faces: {f['sheet']}",
+        f"5. train: {t['steps']} steps on {t['device']} ({rate}), on the filtered scenes. "
         f"Samples: {t['samples']}; losses: {t['loss_curve']}",
         "   (a few minutes of CPU training gives colour and layout, not scenes: the paper's "
         "samples take hours on a GPU)",
-        f"5. report: every decision of the chain, in one page: {r['report']} (open it in a "
+        f"6. report: every decision of the chain, in one page: {r['report']} (open it in a "
         "browser)",
     ])
