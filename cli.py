@@ -115,7 +115,7 @@ def summarize(result: Any, quiet: bool, what: str = "records") -> None:
 
 @extract_app.command("lsun")
 def extract_lsun(
-    databases: list[Path] = typer.Argument(..., metavar="DATABASE...", help="LSUN *_lmdb "
+    databases: list[Path] = typer.Argument(..., metavar="DATABASE", help="LSUN *_lmdb "
                                            "folders (or roots with --category)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output dataset directory."),
     category: str | None = typer.Option(None, help="Scene category, e.g. bedroom: the "
@@ -286,7 +286,7 @@ def detect_faces_cmd(
 
 @app.command("dedup", short_help="Remove near-duplicates with the paper's semantic hash.")
 def dedup_cmd(
-    sources: list[str] = typer.Argument(..., metavar="DATASET | lsun DATABASE...",
+    sources: list[str] = typer.Argument(..., metavar="DATASET | lsun DATABASE",
                                         help="A dataset directory, or `lsun` followed by "
                                         "LSUN databases (or roots with --category)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output (cleaned) dataset directory."),
@@ -388,7 +388,7 @@ def dedup_cmd(
 @app.command("report", short_help="One HTML page of what every stage kept and dropped, "
              "and why.")
 def report_cmd(
-    dirs: list[Path] = typer.Argument(..., metavar="DIR...", help="Dataset directories: each "
+    dirs: list[Path] = typer.Argument(..., metavar="DIR", help="Dataset directories: each "
                                       "one's chain of stages is followed to its sources."),
     out: Path = typer.Option(..., "--out", "-o", help="The page, e.g. report.html (its "
                              "pictures go in report_files/ beside it)."),
@@ -502,8 +502,8 @@ def filter_cmd(
 
 # --- The paper's experiments over a training run (dcgan/sampling, filters, features, fid,
 # memorization). Each takes a run directory or a checkpoint file.
-RunArg = typer.Argument(..., help="A run directory (its latest valid checkpoint) or a "
-                        "checkpoint file.")
+RunArg = typer.Argument(..., metavar="RUN", help="A run directory (its latest valid "
+                        "checkpoint) or a checkpoint file.")
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when present), cuda or cpu.")
 SeedOpt = typer.Option(0, "--seed", help="Seeds z: the same seed gives the same samples.")
 
@@ -569,8 +569,9 @@ _CONFIG_OPTIONS = ["steps", "batch_size", "device", "resolution", "nz", "ngf", "
 @app.command("train", short_help="Train the paper's DCGAN on a dataset (GPU or CPU).")
 def train_cmd(
     ctx: typer.Context,
-    data: Path = typer.Argument(..., help="A dataset directory, an image folder or an LSUN "
-                                "database (the last two are extracted first, cached)."),
+    data: Path = typer.Argument(..., metavar="DATA", help="A dataset directory, an image "
+                                "folder or an LSUN database (the last two are extracted "
+                                "first, cached)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory: new, empty, or a run "
                              "to resume."),
     steps: int = typer.Option(_TC.steps, help="The run's total steps (with --resume: up to "
