@@ -445,6 +445,7 @@ def test_memorization_command(run, data600, tmp_path):
     assert "less contrast" in v["reason"] and "blurry" in v["caveat"]
     lines = r.output.strip().splitlines()
     assert lines[-1].startswith("Verdict: no copies found.") and str(tmp_path) in lines[-1]
+    assert not [x for x in lines if "faiss" in x.lower() or "AVX" in x]  # others' log lines
     assert [x.split(":")[0] for x in lines[-3:]] == ["Why", "Caveat", "Verdict"]
     # The sheet: a title above rows of a sample and its 3 nearest training images.
     sheet = png(tmp_path / "memorization.png")
