@@ -1,3 +1,3 @@
 """Dataset curation: sources, decoding, the dataset directory, stages."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
