@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.dataset import MARKER, Dataset, DatasetWriter, is_dataset
+from pipeline.dataset import Dataset, DatasetWriter, is_dataset
+from pipeline.dataset.names import MARKER
 from pipeline.errors import UserError
 
 ARRAYS = {"images": (8, 8, 3)}
