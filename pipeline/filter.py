@@ -25,6 +25,7 @@ from pipeline.errors import UserError
 from pipeline.outputs import OutputDir, check_separate
 from pipeline.progress import progress_bar
 from pipeline.quality import (
+    CONDITIONS,
     ISSUES,
     MEASURES,
     RULES,
@@ -173,8 +174,10 @@ def _filter(ds: Dataset, writer: DatasetWriter, config: FilterConfig, n: int,
         measure, direction = RULES[issue]
         rule_table[issue] = {"measure": measure, "limit": _num(limits[issue]),
                              "direction": direction}
-    rule_table["dark"]["and"] = {"measure": "lum_mean", "limit": _num(rules.dark_mean),
-                                 "direction": "below"}
+        if issue in CONDITIONS:
+            rule_table[issue]["and"] = [
+                {"measure": m, "limit": _num(getattr(rules, field)), "direction": side}
+                for m, field, side in CONDITIONS[issue]]
     return writer.finish(thresholds=rule_table, flag_only=config.flag_only,
                          flagged={issue: flagged.get(issue, 0) for issue in ISSUES},
                          drop=[] if config.flag_only else list(rules.drop),

@@ -32,8 +32,10 @@ MEASURES = {
     "lum_mean": "mean luma (BT.601 Y)",
     "lum_std": "standard deviation of luma",
     "lum_p99": "99th percentile of luma: how bright the highlights are",
+    "lum_p999": "99.9th percentile of luma: the brightest points (a star, a lamp)",
     "dark_share": "share of pixels with luma <= 10/255 (crushed shadows)",
     "clip_share": "share of pixels with a channel >= 250/255 (blown highlights)",
+    "white_clip": "share of the blown pixels that are neutral white (every channel >= 250/255)",
     "entropy": "entropy of the 256-bin luma histogram, bits",
     "colourfulness": "mean of max-min channel difference (how saturated, on average)",
     "chroma_p99": "99th percentile of max-min channel difference (0 when R=G=B)",
@@ -59,7 +61,9 @@ class QualityConfig:
     gray_chroma: float = 0.0176  # `grayscale`: chroma_p99 below (at most 4/255: R=G=B + noise)
     dark_p99: float = 0.40  # `dark`: the brightest 1% of pixels are below this luma...
     dark_mean: float = 0.20  # ...and the mean luma is below this (a dim grey frame is not dark)
-    bright_clip: float = 0.25  # `bright`: more than this share of pixels blown out
+    dark_points: float = 0.50  # ...and the brightest 0.1% too (a night sky keeps bright points)
+    bright_clip: float = 0.25  # `bright`: more than this share of pixels blown out...
+    bright_white: float = 0.95  # ...and less of them pure white (a studio backdrop is, by design)
     low_detail: float = 0.02  # `low_information`: coarse luma spread below this
     max_blur: float = 0.44  # `blurry`: even the sharpest tile's blur score is above this
     relative_z: float = 2.0  # rules also need a robust z-score past this in the collection; 0: off
@@ -78,8 +82,8 @@ class QualityConfig:
         if self.max_aspect < 1:
             raise UserError(f"max_aspect must be at least 1 (got {self.max_aspect})",
                             param="max_aspect")
-        for name in ("gray_chroma", "dark_p99", "dark_mean", "bright_clip", "low_detail",
-                     "max_blur"):
+        for name in ("gray_chroma", "dark_p99", "dark_mean", "dark_points", "bright_clip",
+                     "bright_white", "low_detail", "max_blur"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"{name} must be between 0 and 1 (got {getattr(self, name)})",
                                 param=name)
@@ -89,12 +93,19 @@ class QualityConfig:
 
 
 # Each issue's deciding measure and the side of its limit that is flagged (strictly below or
-# above); `short_side` is min(width, height). `dark` also needs lum_mean below dark_mean.
+# above); `short_side` is min(width, height). Some issues also need more (CONDITIONS).
 RULES: dict[str, tuple[str, str]] = {
     "small": ("short_side", "below"), "odd_aspect": ("aspect", "above"),
     "dark": ("lum_p99", "below"), "low_information": ("detail", "below"),
     "bright": ("clip_share", "above"), "grayscale": ("chroma_p99", "below"),
     "blurry": ("blur", "above")}
+# Further conditions an issue needs, each (measure, config field, flagged side): all must
+# hold. Under-exposure dims the whole frame (a night sky keeps its mean low but its stars
+# bright); over-exposure blows out channels unevenly, while a studio's white backdrop is pure
+# white by design (docs/quality.md).
+CONDITIONS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "dark": (("lum_mean", "dark_mean", "below"), ("lum_p999", "dark_points", "below")),
+    "bright": (("white_clip", "bright_white", "below"),)}
 
 
 def measure(img: np.ndarray, width: int | None = None, height: int | None = None, *,
@@ -254,6 +265,7 @@ def _tone(hist: np.ndarray) -> dict[str, np.ndarray]:
     return {"lum_mean": mean,
             "lum_std": np.sqrt(np.maximum(p @ levels ** 2 - mean ** 2, 0.0)),
             "lum_p99": _quantile(p, 0.99),
+            "lum_p999": _quantile(p, 0.999),
             "dark_share": p[:, :11].sum(1),
             "entropy": -(p * logp).sum(1)}
 
@@ -266,11 +278,14 @@ def _colour(img: np.ndarray, n: int) -> dict[str, np.ndarray]:
 
     unclipped = cv2.inRange(img, (0, 0, 0), (CLIP - 1,) * 3)  # 255 where no channel is blown
     clip = 1 - _per_image_sums(unclipped, n) / (255 * unclipped.size / n)
+    white = _per_image_sums(cv2.inRange(img, (CLIP,) * 3, (255,) * 3), n) / (
+        255 * unclipped.size / n)
     small = _halve_stack(img, n) if min(img.shape[0] // n, img.shape[1]) >= 2 else img
     c0, c1, c2 = cv2.split(small)
     spread = _histograms(cv2.subtract(cv2.max(cv2.max(c0, c1), c2),
                                       cv2.min(cv2.min(c0, c1), c2)), n)
-    return {"clip_share": clip, "chroma_p99": _quantile(spread, 0.99),
+    return {"clip_share": clip, "white_clip": np.where(clip > 0, white / np.maximum(clip, 1e-9), 0),
+            "chroma_p99": _quantile(spread, 0.99),
             "colourfulness": (spread / spread.sum(1, keepdims=True)) @ (np.arange(256) / 255)}
 
 
@@ -391,8 +406,9 @@ def flag_issues(columns: Mapping[str, np.ndarray] | Sequence[Mapping[str, float]
         name, direction = RULES[issue]
         v, t = cols[name], limits[issue]
         hit = v < t if direction == "below" else v > t
-        if issue == "dark":
-            hit &= cols["lum_mean"] < config.dark_mean
+        for measure_name, field, side in CONDITIONS.get(issue, ()):
+            w, limit = cols[measure_name], getattr(config, field)
+            hit &= w < limit if side == "below" else w > limit
         for i in np.flatnonzero(hit):
             flags[i].append(Flag(issue, name, float(v[i]), float(t)))
     return flags

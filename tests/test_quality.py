@@ -199,3 +199,36 @@ def test_a_stack_measures_each_image_as_alone():
         alone = measure(img)
         assert np.allclose(row, [alone[k] for k in MEASURES], atol=1e-6), (img.shape, row)
     assert together[4][list(MEASURES).index("blur")] == 1.0  # flat: no edges, fully "blurred"
+
+
+def test_night_sky_tiles_are_not_dark_but_underexposed_copies_are():
+    """Tiles of the Hubble deep field (the demo's scenes): a dim frame with bright points is a
+    night photograph; the same tile 4 stops darker, its stars dimmed too, is under-exposed."""
+    from demo.neardup import tiles
+    from demo.planted import _to_linear, _to_srgb
+
+    sky = tiles(PHOTOS["hubble_deep_field"], (3, 4), min_side=96)
+    rows = [measured(t, "webp", 75) for t in sky]
+    assert min(r["lum_p99"] for r in rows) < QualityConfig().dark_p99  # the old rule's case
+    assert not any(f.issue == "dark" for fl in flag_issues(rows) for f in fl)
+    dim = [measured(_to_srgb(_to_linear(t) * 2.0 ** -4), "webp", 75) for t in sky]
+    assert all(any(f.issue == "dark" for f in fl) for fl in flag_issues(dim))
+
+
+def test_a_product_on_a_white_backdrop_is_not_bright_but_overexposed_copies_are():
+    """Real photo pixels on a pure white backdrop (60% of the frame): blown by design, not
+    over-exposed; the photo itself over-exposed blows its colours unevenly and is bright."""
+    from demo.planted import _to_linear, _to_srgb
+
+    rng = np.random.default_rng(11)
+    backdrop, blown = [], []
+    for name in ("coffee", "astronaut", "chelsea", "rocket"):
+        view = _view(PHOTOS[name], rng, 1.0, 160)
+        shot = np.full((256, 256, 3), 255, np.uint8)
+        shot[48:208, 48:208] = view
+        backdrop.append(measured(shot, "webp", 80))
+        lin = _to_linear(view)
+        blown.append(measured(_to_srgb(lin * 0.18 / lin.mean() * 2.0 ** 3), "webp", 80))
+    assert all(r["clip_share"] > QualityConfig().bright_clip for r in backdrop)
+    assert not any(f.issue == "bright" for fl in flag_issues(backdrop) for f in fl)
+    assert all(any(f.issue == "bright" for f in fl) for fl in flag_issues(blown))
