@@ -430,8 +430,12 @@ def filter_cmd(
                                           "extracted at it)."),
     max_aspect: float = typer.Option(2.0, min=1.0, help="odd_aspect: long/short side above."),
     dark_p99: float = typer.Option(0.40, help="dark: brightest 1% of luma below (0..1)..."),
-    dark_mean: float = typer.Option(0.20, help="...and mean luma below (0..1)."),
-    bright_clip: float = typer.Option(0.25, help="bright: share of blown-out pixels above."),
+    dark_mean: float = typer.Option(0.20, help="...and mean luma below (0..1)..."),
+    dark_points: float = typer.Option(0.50, help="...and brightest 0.1% of luma below (a "
+                                      "night sky keeps its bright points)."),
+    bright_clip: float = typer.Option(0.25, help="bright: share of blown-out pixels above..."),
+    bright_white: float = typer.Option(0.95, help="...and share of those pure white below (a "
+                                       "studio backdrop is pure white)."),
     low_detail: float = typer.Option(0.02, help="low_information: coarse luma spread below."),
     max_blur: float = typer.Option(0.44, help="blurry: blur score of the sharpest tile above."),
     gray_chroma: float = typer.Option(0.0176, help="grayscale: 99th percentile of the "
@@ -467,7 +471,8 @@ def filter_cmd(
         resolution = Dataset(source.root).images.shape[1] \
             if isinstance(source, DatasetSource) else 64
     rules = QualityConfig(resolution=resolution, max_aspect=max_aspect, gray_chroma=gray_chroma,
-                          dark_p99=dark_p99, dark_mean=dark_mean, bright_clip=bright_clip,
+                          dark_p99=dark_p99, dark_mean=dark_mean, dark_points=dark_points,
+                          bright_clip=bright_clip, bright_white=bright_white,
                           low_detail=low_detail, max_blur=max_blur, relative_z=relative_z,
                           drop=issues)
     config = FilterConfig(rules=rules, flag_only=flag_only)
