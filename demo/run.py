@@ -123,11 +123,13 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
     from pipeline.report import write_report
     from pipeline.sources import FolderSource
 
-    t0 = time.monotonic()
     times: dict[str, float] = {}
+    mark = [time.monotonic()]
 
     def lap(name: str) -> None:
-        times[name] = round(time.monotonic() - t0 - sum(times.values()), 1)
+        now = time.monotonic()
+        times[name] = round(now - mark[0], 1)
+        mark[0] = now
 
     with OutputDir(out, "demo") as od:
         if overwrite:
@@ -245,7 +247,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"   Review the removed/kept pairs: {d['review_sheet']}",
         f"3. filter: kept {q['kept']}, dropped for quality: {drops(q['dropped'])} -> "
         f"{q['path']}",
-        f"4. detect-faces: {f['photos']} photos, {f['faces_kept']} faces kept, "
+        f"4. detect-faces: {f['photos']} photos, {f['faces_kept']} "
+        f"face{'' if f['faces_kept'] == 1 else 's'} kept, "
         f"dropped: {drops(f['dropped'])}. Faces: {f['sheet']}",
         f"5. train: {t['steps']} steps on {t['device']} ({rate}), on the filtered scenes. "
         f"Samples: {t['samples']}; losses: {t['loss_curve']}",

@@ -45,7 +45,11 @@ def test_demo_reduced(tmp_path):
     r3 = _demo(out, "--scenes", "250", "-q")
     assert r3.returncode == 0, r3.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
-    assert report["lsun"]["planted_duplicates"] == 50  # the new database, not the old one
+    lsun = report["lsun"]
+    scenes = lsun["records"] - lsun["planted_duplicates"] - 1
+    # The new database, not the old one: 20% of 250 scenes (or of fewer, when the package
+    # photos without opencv-doc hold fewer distinct tiles than that).
+    assert scenes > 240 and lsun["planted_duplicates"] == round(0.2 * scenes)
     d = report["dedup"]
     assert d["kept"] + d["removed"] + 1 == report["lsun"]["records"]
     assert len(Dataset(out / "scenes")) == d["kept"] and report["train"]["steps"] == 4

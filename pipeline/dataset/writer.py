@@ -121,22 +121,26 @@ class DatasetWriter:
         root = self.root
         if (root / MARKER).exists():
             old = _load_json(root / CONFIG)
-            if old is not None and _identity_of(old) == self.identity and not self.overwrite:
+            if old is not None and _identity_of(old) == self.identity:
+                # The same stage, settings and inputs: nothing to redo, even when asked to
+                # replace a different result (a damaged one is replaced when asked).
                 try:
                     self.result = Dataset(root).result(skipped=True)
                 except UserError as e:
-                    raise UserError(f"{root} holds a finished dataset that is damaged ({e})",
-                                    param="overwrite") from None
-                self.done = True
-                if (root / PROGRESS).exists():  # left by a crash just after the marker
-                    (root / PROGRESS).unlink()
-                return
+                    if not self.overwrite:
+                        raise UserError(f"{root} holds a finished dataset that is damaged "
+                                        f"({e})", param="overwrite") from None
+                else:
+                    self.done = True
+                    if (root / PROGRESS).exists():  # left by a crash just after the marker
+                        (root / PROGRESS).unlink()
+                    return
             if not self.overwrite:
                 raise UserError(f"{root} already holds a finished dataset made with other "
                                 f"settings ({describe_difference(old, self.identity)})",
                                 param="overwrite")
         progress = _load_json(root / PROGRESS)
-        if progress and progress.get("identity") == self.identity and not self.overwrite:
+        if progress and progress.get("identity") == self.identity:  # resumed, not redone
             if progress.get("state") == "finishing" and self._complete_finish(progress):
                 self.done = True
                 self.result = Dataset(root).result(skipped=False)
