@@ -346,6 +346,8 @@ def test_dedup_on_ray_writes_the_same_bytes(data32, tmp_path, on_ray):
 def test_cli_engine_ray(lsun_db, tmp_path):
     """``--engine ray`` from the command line starts its own Ray and writes the bytes of
     ``--engine local``; the engine is not part of the dataset's identity."""
+    pytest.importorskip("ray", reason='Ray is an optional extra: pip install -e ".[ray]"')
+
     def cli(*args):
         return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=600)

@@ -177,7 +177,10 @@ def test_a_gallery_per_drop_reason_with_its_total(chain, report):
         galleries = {g["slug"]: g for g in _section(page, chain[name])["galleries"]}
         for reason, n in stats["dropped"].items():
             g = galleries[f"drop-{reason}"]
-            assert g["total"] == n and g["shown"] == n  # under the limit: all shown
+            assert g["total"] == n  # under the limit: all shown (duplicates: by group)
+            shown = sum("removed" in i["kind"] for i in g["items"]) \
+                if reason == "duplicate" else g["shown"]
+            assert shown == n
     corrupt = next(g for g in _section(page, chain["extracted"])["galleries"])
     assert all(i["img"] is None and i["ph"].startswith("corrupt") for i in corrupt["items"])
     # Sorted by the deciding measure, each item's value being its rejected row's.
@@ -205,7 +208,9 @@ def test_pictures_of_dropped_items_come_from_the_input(chain, report):
             assert np.array_equal(_png(report, i["img"]), src.images[rows[i["key"]]])
     kept = [i for g in _section(page, chain["scenes"])["galleries"] for i in g["items"]
             if "kept" in i["kind"]]
-    assert len(kept) == 8 and set(Dataset(chain["scenes"]).find([i["key"] for i in kept]))
+    groups = {d["duplicate_of"] for d in Dataset(chain["scenes"]).drops("duplicates")}
+    assert {i["key"] for i in kept} == groups  # each group's kept image, once
+    assert set(Dataset(chain["scenes"]).find([i["key"] for i in kept])) == groups
 
 
 def test_faces_with_their_photo_and_box(chain, report):
