@@ -82,7 +82,7 @@ def walk_chain(paths: list[str | Path]) -> list[Node]:
     order: list[Node] = []
     memo: dict[str, Node] = {}
     for p in paths:
-        ds = Dataset(p)  # a target that cannot be opened is the user's error
+        ds = Dataset(Path(p).resolve())  # one that cannot be opened is the user's error
         node = _stage(ds, memo, order, set())
         node.target = True
     for i, node in enumerate(order, 1):
