@@ -119,12 +119,13 @@ def main() -> None:
     print(f"{'python cli.py extract lsun':<34}{cli[0]:>9.1f}{n / cli[0]:>9.0f}{1.0:>18.2f}")
     print(f"{'python cli.py dedup lsun':<34}{cli[1]:>9.1f}{n / cli[1]:>9.0f}"
           f"{cli[0] / cli[1]:>18.2f}")
-    train = stats["train_seconds"]
-    rest = t_dedup - stats["extract_seconds"] - train
-    print(f"\ndedup steps: extract {stats['extract_seconds']:.1f} s, train {train:.1f} s "
-          f"(fixed), hash {stats['hash_seconds']:.1f} s, search {stats['search_seconds']:.1f} "
-          f"s, write+other {rest - stats['hash_seconds'] - stats['search_seconds']:.1f} s; "
-          f"removed {stats['removed']}")
+    x = stats.extra
+    train = x["train_seconds"]
+    rest = t_dedup - x["extract_seconds"] - train
+    print(f"\ndedup steps: extract {x['extract_seconds']:.1f} s, train {train:.1f} s "
+          f"(fixed), hash {x['hash_seconds']:.1f} s, search {x['search_seconds']:.1f} "
+          f"s, write+other {rest - x['hash_seconds'] - x['search_seconds']:.1f} s; "
+          f"removed {x['removed']}")
     per_img_extract = t_plain / n
     per_img_rest = rest / n
     big = LSUN_BEDROOM

@@ -57,7 +57,6 @@ def build_db(work: Path, n: int) -> Path:
 def child(mode: str, workers: int, db: Path, out: Path, encode: int) -> dict:
     import numpy as np
 
-    import pipeline.stage
     from pipeline.extract import ExtractConfig, extract
     from pipeline.lsun import LsunSource
     from pipeline.ray_engine import RayEngine
@@ -79,14 +78,13 @@ def child(mode: str, workers: int, db: Path, out: Path, encode: int) -> dict:
 
         engine.run_ordered = first_result_timed
     if mode in ("local", "ray"):
-        if engine is not None:
-            pipeline.stage.run_ordered = engine.run_ordered
         source = LsunSource([db])
         shutil.rmtree(out, ignore_errors=True)
         t = time.perf_counter()
-        stats = extract(source, out, ExtractConfig(workers=workers), progress=False)
+        stats = extract(source, out, ExtractConfig(workers=workers), progress=False,
+                        engine=engine)
         result["run_s"] = time.perf_counter() - t
-        result["records"] = stats["read"]
+        result["records"] = stats.read
     else:
         import torch
 

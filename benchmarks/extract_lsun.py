@@ -115,7 +115,7 @@ def time_ours(db: Path, out: Path, workers: int) -> float:
     stats = extract(source, out, ExtractConfig(resolution=RESOLUTION, workers=workers),
                     progress=False)
     elapsed = time.perf_counter() - t
-    assert stats["kept"] == len(source), stats
+    assert stats.kept == len(source), stats
     return elapsed
 
 

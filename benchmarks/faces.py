@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from demo.face_eval import evaluate, load_annotations, load_photo  # noqa: E402
 from demo.samples import encode  # noqa: E402
 from pipeline.face_detectors import DetectorSpec, build_detector  # noqa: E402
-from pipeline.faces import FacesConfig, crop_face, detect_faces, open_source  # noqa: E402
+from pipeline.faces import FacesConfig, crop_face, detect_faces  # noqa: E402
+from pipeline.sources import open_source  # noqa: E402
 
 
 class PlainHaar:
@@ -205,7 +206,7 @@ def throughput_table(args, rng) -> None:
                 out = Path(tmp) / f"out{w}{tilt}"
                 stats = detect_faces(open_source(root), out,
                                      FacesConfig(detector=spec, workers=w), progress=False)
-                rate = stats["read"] / stats["seconds"]
+                rate = stats.read / stats.seconds
                 print(f"| detect-faces{'' if tilt else ' --no-tilt'}, {w} worker"
                       f"{'s' if w > 1 else ''} | {rate:.2f} | {rate / base:.2f}x |")
 

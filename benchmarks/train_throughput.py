@@ -206,7 +206,7 @@ def main() -> None:
     stats = extract(FolderSource(folder), args.work / f"data-{args.images}-64",
                     ExtractConfig(resolution=64), progress=False)
     print(f"extraction (once, cached): {time.perf_counter() - t:.1f}s, "
-          f"{stats.get('kept')} images", flush=True)
+          f"{stats.kept} images", flush=True)
     images = Dataset(args.work / f"data-{args.images}-64").images
 
     rows = []
