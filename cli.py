@@ -74,9 +74,22 @@ OverwriteOpt = typer.Option(False, "--overwrite",
                             "settings or inputs (only files this tool wrote there).")
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler on ``sys.stderr`` as it is at each record, not the one it was made with
+    (a caller that swaps it, such as a test's capture, may close the old one)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
 def setup_logging(quiet: bool) -> None:
     """The project's loggers at INFO (WARNING with --quiet), on stderr; others untouched."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(logging.Formatter("%(message)s"))
     for name in LOGGERS:
         logger = logging.getLogger(name)

@@ -300,12 +300,40 @@ def _remove_listed(path: Path) -> None:
         if not path.is_dir() or path.is_symlink():
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        else:
+            _remove_unlisted(path)
         return
     with nested:
         nested.clear()
         if not nested.foreign():  # then the folder is wholly ours: its list too
             (path / OWNER).unlink()
             (path / LOCK).unlink()
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+def _remove_unlisted(path: Path) -> None:
+    """A temporary output of ours killed before its list was written (a folder holding at
+    most the lock and a partial list): removed unless a live process holds its lock."""
+    import fcntl
+
+    if _all_entries(path):
+        return  # it holds something else: left as it is
+    try:
+        fd = os.open(path / LOCK, os.O_RDWR)
+    except FileNotFoundError:
+        fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise UserError(f"{path} is being written by another process") from None
+        for name in (OWNER, LOCK):
+            (path / name).unlink(missing_ok=True)
+    finally:
+        if fd is not None:
+            os.close(fd)
     with contextlib.suppress(OSError):
         path.rmdir()
 

@@ -394,3 +394,44 @@ def test_stale_result_is_not_mistaken_for_a_fresh_one(lsun48, tmp_path):
     r = cli("dedup", str(ds), "--out", str(out), "--epochs", "1", "--overwrite", "-q")
     assert r.returncode == 0, r.stderr
     assert np.load(out / "images.npy").shape[1] == 32
+
+
+_KILLED_WHILE_OPENING = """
+import os, signal, sys
+from pipeline.outputs import OutputDir
+real = OutputDir._lock
+def lock_then_die(self):
+    real(self)
+    if self.root.name.startswith('.'):  # the temporary part: killed before its list exists
+        os.kill(os.getpid(), signal.SIGKILL)
+OutputDir._lock = lock_then_die
+with OutputDir(sys.argv[1], 'run') as out, OutputDir(out.own('parts/'), 'parts') as parts:
+    parts.own('part-0/')
+    OutputDir(parts.root / '.part-0.tmp123', 'dataset').open()
+"""
+
+
+@pytest.mark.parametrize("foreign", [False, True])
+def test_output_killed_before_its_list_is_removed_with_its_parent(tmp_path, foreign):
+    """A temporary output killed between creating its folder and listing its files (an
+    actor's part, ray_engine.write_part) is the tool's and goes when its parent is removed;
+    a file anyone put there is refused and kept."""
+    from pipeline.errors import UserError
+    from pipeline.outputs import OutputDir
+
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-c", _KILLED_WHILE_OPENING, str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    tmp = out / "parts" / ".part-0.tmp123"
+    assert [p.name for p in tmp.iterdir()] == [".dcgan-curate.lock"]
+    (tmp / ".dcgan-curate").write_text('{"tool": "dcgan-cu')  # or its list half written
+    if foreign:
+        (tmp / "mine.txt").write_text("mine")
+        with pytest.raises(UserError, match="mine.txt"):
+            OutputDir(out, "run").open()
+        assert (tmp / "mine.txt").read_text() == "mine"
+        return
+    with OutputDir(out, "run") as held:
+        held.remove("parts/")
+    assert not (out / "parts").exists()

@@ -259,7 +259,9 @@ def test_parts_on_shared_storage_merge_to_the_same_bytes(lsun_db, tmp_path, engi
     r = extract(src, out, config, progress=False, engine=cluster)
     assert r.read == 30 and r.kept == 25 and r.dropped == {"corrupt": 5}
     _same_files(tmp_path / "local", out)
-    assert not (out / PARTS).exists() and not list(out.glob(".*tmp*"))
+    left = sorted(str(p.relative_to(out)) for p in (out / PARTS).rglob("*"))
+    assert not (out / PARTS).exists(), left
+    assert not list(out.glob(".*tmp*"))
     cluster.close()
     assert engine.ray.is_initialized()  # a joined cluster keeps running
 
