@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, NamedTuple
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, at_least
 
 SPEEDS = ("auto", "graph", "compile", "eager")  # the CUDA step's forms (auto: graph on one GPU)
 
@@ -53,14 +53,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise UserError(f"{_arg(name)} must be {_one_of(allowed)} (got {value!r})")
-        at_least = [("nz", 1), ("ngf", 1), ("ndf", 1), ("batch_size", 1), ("steps", 1),
-                    ("keep", 1), ("fid_every", 0), ("fid_n", 2)]
-        at_least += [(name, 1) for name in ("log_every", "sample_every", "checkpoint_every")
-                     if getattr(self, name) is not None]
-        for name, low in at_least:
-            if getattr(self, name) < low:
-                raise UserError(f"{_arg(name)} must be at least {low} (got "
-                                f"{getattr(self, name)})")
+        at_least(self, nz=1, ngf=1, ndf=1, batch_size=1, steps=1, keep=1, fid_every=0,
+                 fid_n=2, log_every=1, sample_every=1, checkpoint_every=1)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"`lr` must be a positive number (got {self.lr})")
         for name in ("beta1", "beta2"):

@@ -12,3 +12,12 @@ class UserError(Exception):
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
         self.param = param
+
+
+def at_least(obj: object, **minimums: float) -> None:
+    """Refuse the first field of ``obj`` below its minimum (``resolution=8``); a field that
+    is None (unset) passes."""
+    for name, low in minimums.items():
+        value = getattr(obj, name)
+        if value is not None and value < low:
+            raise UserError(f"{name} must be at least {low} (got {value})", param=name)

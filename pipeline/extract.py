@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.dataset import Dataset, DatasetWriter, StageResult, is_dataset
 from pipeline.decode import THUMB, DecodeError, prepare_measured
-from pipeline.errors import UserError
+from pipeline.errors import UserError, at_least
 from pipeline.outputs import OutputDir, cache_root
 from pipeline.quality import MEASURES, WORK_SIDE, measure_batch
 from pipeline.runner import worker_state
@@ -40,9 +40,7 @@ class ExtractConfig:
     world_size: int = 1  # number of shards (each writes its own dataset directory)
 
     def __post_init__(self) -> None:
-        if self.resolution < 8:
-            raise UserError(f"resolution must be at least 8 (got {self.resolution})",
-                            param="resolution")
+        at_least(self, resolution=8)
         check_parallelism(self)
 
 

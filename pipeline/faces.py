@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.dataset import DatasetWriter, StageResult
 from pipeline.decode import MAX_PIXELS, THUMB, DecodeError, decode, resize
-from pipeline.errors import UserError
+from pipeline.errors import UserError, at_least
 from pipeline.face_detectors import (
     Detection,
     DetectorSpec,
@@ -63,12 +63,7 @@ class FacesConfig:
 
     def __post_init__(self) -> None:
         """Settings that cannot work are refused before any photo is read."""
-        if self.resolution < 8:
-            raise UserError(f"resolution must be at least 8 (got {self.resolution})",
-                            param="resolution")
-        if self.min_size < 1:
-            raise UserError(f"min_size must be positive (got {self.min_size})",
-                            param="min_size")
+        at_least(self, resolution=8, min_size=1)
         if self.border not in BORDERS:
             raise UserError(f"border must be one of {', '.join(BORDERS)} (got "
                             f"{self.border!r})", param="border")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.dataset import Dataset, DatasetWriter, StageResult
-from pipeline.errors import UserError
+from pipeline.errors import UserError, at_least
 from pipeline.outputs import OutputDir, check_separate
 from pipeline.progress import progress_bar
 from pipeline.quality import (
@@ -53,8 +53,7 @@ class FilterConfig:
     limit: int | None = None  # only the first N items of the dataset
 
     def __post_init__(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise UserError("limit must be at least 1", param="limit")
+        at_least(self, limit=1)
 
 
 def filter_source(source: Source, out: str | Path, config: FilterConfig = FilterConfig(),

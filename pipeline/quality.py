@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, at_least
 
 WORK_SIDE = 128  # short side the pixel measures are taken at (blur is judged at this scale)
 CLIP = 250  # a channel value at or above this is blown out
@@ -76,12 +76,7 @@ class QualityConfig:
         if unknown:
             raise UserError(f"unknown issue {', '.join(map(repr, unknown))}: choose from "
                             f"{', '.join(ISSUES)}", param="drop")
-        if self.resolution < 1:
-            raise UserError(f"resolution must be at least 1 (got {self.resolution})",
-                            param="resolution")
-        if self.max_aspect < 1:
-            raise UserError(f"max_aspect must be at least 1 (got {self.max_aspect})",
-                            param="max_aspect")
+        at_least(self, resolution=1, max_aspect=1)
         for name in ("gray_chroma", "dark_p99", "dark_mean", "dark_points", "bright_clip",
                      "bright_white", "low_detail", "max_blur"):
             if not 0 <= getattr(self, name) <= 1:

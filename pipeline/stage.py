@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pipeline.dataset import Dataset, DatasetWriter
-from pipeline.errors import UserError
+from pipeline.errors import UserError, at_least
 from pipeline.progress import progress_bar
 from pipeline.runner import default_workers, run_ordered
 
@@ -42,9 +42,7 @@ class Parallelism(Protocol):
 
 def check_parallelism(config: Parallelism) -> None:
     """The sharding and pool settings every stage shares, checked once."""
-    if config.world_size < 1:
-        raise UserError(f"world_size must be at least 1 (got {config.world_size})",
-                        param="world_size")
+    at_least(config, world_size=1)
     if not 0 <= config.rank < config.world_size:
         raise UserError(f"rank {config.rank} is outside 0..{config.world_size - 1}",
                         param="rank")

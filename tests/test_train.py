@@ -242,7 +242,7 @@ def test_monitoring_intervals_scale_with_the_run():
         assert steps <= 20 or 8 <= steps // every.sample <= 20
         assert str(every.log).strip("0") in ("1", "2", "5")
     assert TrainConfig(steps=150, log_every=7).intervals() == (7, 10, 20)
-    with pytest.raises(UserError, match="`log-every` must be at least 1"):
+    with pytest.raises(UserError, match="log_every must be at least 1"):
         TrainConfig(log_every=0)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from pipeline.dataset import Dataset, DatasetWriter, StageResult, atomic_write, write_json
 from pipeline.dedup.search import SearchConfig
 from pipeline.devices import DEVICES
-from pipeline.errors import UserError
+from pipeline.errors import UserError, at_least
 from pipeline.outputs import OutputDir, check_separate
 from pipeline.progress import progress_bar
 from pipeline.stage import HOW, carry_drops, identity
@@ -50,12 +50,7 @@ class DedupConfig:
     review_pairs: int = field(default=24, metadata=HOW)  # pairs on the review sheet
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or (self.epochs is not None and self.epochs < 1):
-            raise UserError("steps and epochs must be at least 1", param="steps")
-        if self.train_limit < 1:
-            raise UserError("train_limit must be at least 1", param="train_limit")
-        if self.limit is not None and self.limit < 1:
-            raise UserError("limit must be at least 1", param="limit")
+        at_least(self, steps=1, epochs=1, train_limit=1, limit=1)
         if self.device not in DEVICES:
             raise UserError(f"device must be one of {', '.join(DEVICES)} (got "
                             f"{self.device!r})", param="device")

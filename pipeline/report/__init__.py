@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 
 from pipeline.dataset import Dataset, is_dataset
-from pipeline.errors import UserError
+from pipeline.errors import UserError, at_least
 from pipeline.outputs import OutputDir, atomic_write, check_separate, owner_kind, write_json
 from pipeline.report.chain import Node, Source, Stage, walk_chain
 from pipeline.report.page import render
@@ -37,8 +37,7 @@ class ReportConfig:
     max_per_gallery: int = 48  # items shown per gallery; more are sampled (docs/report.md)
 
     def __post_init__(self) -> None:
-        if self.max_per_gallery < 1:
-            raise UserError("max_per_gallery must be at least 1", param="max_per_gallery")
+        at_least(self, max_per_gallery=1)
 
 
 @dataclass(frozen=True)
