@@ -4,6 +4,7 @@ log file, and nothing left behind by a refused run."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from demo.samples import encode, random_view
+from demo.samples import encode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,13 +28,10 @@ def lines(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory, photos) -> Path:
+def folder(tmp_path_factory, jpeg_folder) -> Path:
+    """conftest's 60 photos and one broken file."""
     root = tmp_path_factory.mktemp("msg") / "photos"
-    root.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(40):
-        (root / f"{i:02d}.jpg").write_bytes(
-            encode(random_view(photos[i % len(photos)], rng, short_side=72), "jpeg", 90))
+    shutil.copytree(jpeg_folder, root)
     (root / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
     return root
 
@@ -100,7 +98,7 @@ def test_progress_in_a_log_is_a_few_lines(folder, tmp_path):
     r = cli("extract", "images", str(folder), "--out", str(tmp_path / "o"))
     assert r.returncode == 0
     assert "\r" not in r.stderr
-    assert any(ln.startswith("extract: 41/41 img") for ln in lines(r.stderr)), r.stderr
+    assert any(ln.startswith("extract: 61/61 img") for ln in lines(r.stderr)), r.stderr
 
 
 def test_bad_values_are_one_line(tmp_path, folder):
