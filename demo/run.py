@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,11 +94,14 @@ def build_face_folder(path: Path) -> list[str]:
 
     path.mkdir(parents=True, exist_ok=True)
     photos = dict(package_photos())
-    for name in PACKAGE_FACE_PHOTOS:
-        (path / f"{name}.jpg").write_bytes(encode(photos[name], "jpeg", 92))
-    for name in FACE_PHOTOS:
-        if (OPENCV_DATA / name).is_file():
-            shutil.copy(OPENCV_DATA / name, path / name)
+    files = {f"{name}.jpg": encode(photos[name], "jpeg", 92) for name in PACKAGE_FACE_PHOTOS}
+    files.update({name: (OPENCV_DATA / name).read_bytes() for name in FACE_PHOTOS
+                  if (OPENCV_DATA / name).is_file()})
+    for name, data in files.items():
+        # Unchanged files are left alone: their times are the folder's identity, and a
+        # rewrite would make detect-faces redo a finished stage.
+        if not (path / name).is_file() or (path / name).read_bytes() != data:
+            (path / name).write_bytes(data)
     return face_photo_names()
 
 

@@ -37,9 +37,12 @@ def test_demo_reduced(tmp_path):
     assert report["train"]["steps"] == 4
     for png in (d["review_sheet"], report["faces"]["sheet"], report["train"]["samples"]):
         assert Path(png).stat().st_size > 1000
-    # a second run reuses every finished stage
+    # a second run reuses every finished stage: none of their datasets is written again
+    stages = ("scenes", "clean", "faces")
+    before = {s: (out / s / "COMPLETE").stat().st_mtime_ns for s in stages}
     r2 = _demo(out, "--scenes", "240", "-q")
     assert r2.returncode == 0, r2.stderr[-2000:]
+    assert {s: (out / s / "COMPLETE").stat().st_mtime_ns for s in stages} == before
     # Other settings make another database: the demo's folders are its own, so the stages
     # that depend on it are redone without asking (issue 17), and the report is new.
     r3 = _demo(out, "--scenes", "250", "-q")
