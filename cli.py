@@ -283,9 +283,7 @@ def detect_faces_cmd(
     with open_engine(engine, ray_address, workers) as eng:
         r = detect_faces(open_source(src, limit=limit), out, config, overwrite=overwrite,
                          progress=not quiet, engine=eng)
-    if quiet:
-        return
-    if r.skipped:
+    if quiet or r.skipped:  # nothing, or the "already finished" line
         summarize(r, quiet)
         return
     bad = {k: v for k, v in r.dropped.items() if k in PHOTO_REASONS}
@@ -374,9 +372,7 @@ def dedup_cmd(
         with open_engine(engine, ray_address, workers) as eng:
             r = dedup(Path(sources[0]), out, config, overwrite=overwrite,
                       progress=not quiet, engine=eng)
-    if quiet:
-        return
-    if r.skipped:
+    if quiet or r.skipped:  # nothing, or the "already finished" line
         summarize(r, quiet)
         return
     x = r.extra
@@ -495,9 +491,7 @@ def filter_cmd(
                      "extract": _plain(ext), **_plain(config)})
         return
     r = filter_source(source, out, config, ext, overwrite=overwrite, progress=not quiet)
-    if quiet:
-        return
-    if r.skipped:
+    if quiet or r.skipped:  # nothing, or the "already finished" line
         summarize(r, quiet)
         return
     x = r.extra
