@@ -9,7 +9,6 @@ filter stage reads instead of decoding again. Unreadable records are dropped wit
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import numpy as np
 from pipeline.dataset import Dataset, DatasetWriter, StageResult, is_dataset
 from pipeline.decode import THUMB, DecodeError, prepare_measured
 from pipeline.errors import UserError, at_least
-from pipeline.outputs import OutputDir, cache_root
+from pipeline.outputs import OutputDir, cache_key, cache_root
 from pipeline.quality import MEASURES, WORK_SIDE, measure_batch
 from pipeline.runner import worker_state
 from pipeline.sources import DatasetSource, Source, open_source
@@ -162,8 +161,7 @@ def as_dataset(path: str | Path, resolution: int, progress: bool = True) -> Data
     if is_dataset(path):
         return Dataset(path)
     source = open_source(path)
-    key = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:16]
-    out = cache_root() / "datasets" / f"{Path(path).name}-{key}-{resolution}"
+    out = cache_root() / "datasets" / f"{Path(path).name}-{cache_key(path)}-{resolution}"
     config = ExtractConfig(resolution=resolution)
     log.info("extracting %s at %d px into %s (cached)", path, resolution, out)
     try:

@@ -8,7 +8,6 @@ read-only) and rebuilt when the database changes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.outputs import atomic_write, cache_root
+from pipeline.outputs import atomic_write, cache_key, cache_root
 
 
 def cache_dir() -> Path:
@@ -265,7 +264,7 @@ def _stamp(db: Path) -> dict:
 def _load_keys(db: Path) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, blob) of every key in ``db``, from the cache when it is still valid."""
     check_database(db)  # a truncated or unreadable one fails here, cached keys or not
-    base = cache_dir() / hashlib.sha1(str(db.resolve()).encode()).hexdigest()[:16]
+    base = cache_dir() / cache_key(db)
     meta_path = base.with_suffix(".json")
     stamp = _stamp(db)
     try:

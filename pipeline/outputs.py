@@ -50,6 +50,14 @@ def write_json(path: str | Path, obj: Any) -> None:
         f.write("\n")
 
 
+def cache_key(path: str | Path) -> str:
+    """A short, stable name in the cache for what was made from ``path`` (its resolved
+    path, hashed)."""
+    import hashlib
+
+    return hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:16]
+
+
 def cache_root() -> Path:
     """Where the tool caches what it can rebuild (``$DCGAN_CURATE_CACHE``, else the user's
     cache folder): LSUN key lists, extractions made for training."""
