@@ -144,10 +144,7 @@ class OutputDir:
             if (root / OWNER).exists():
                 self._refuse_other_kind()
             else:
-                with open(root / OWNER, "a") as f:
-                    f.write(json.dumps({"tool": _TOOL, "kind": self.kind}) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+                self._append_to_list([{"tool": _TOOL, "kind": self.kind}])
             self._owned = self._read_owned()
             self._refuse_foreign()
             self._remove_stale_temporaries()
@@ -217,12 +214,16 @@ class OutputDir:
                 if n not in self._owned:
                     new[n] = None
         if new:
-            with open(self.root / OWNER, "a") as f:
-                f.write("".join(json.dumps(n) + "\n" for n in new))
-                f.flush()
-                os.fsync(f.fileno())
+            self._append_to_list(new)
             self._owned.update(new)
         return [self.root / n.rstrip("/") for n in names]
+
+    def _append_to_list(self, entries: Iterable[Any]) -> None:
+        """Add JSON lines to the folder's list, on disk before anything they name exists."""
+        with open(self.root / OWNER, "a") as f:
+            f.write("".join(json.dumps(e) + "\n" for e in entries))
+            f.flush()
+            os.fsync(f.fileno())
 
     def owns(self, name: str) -> bool:
         return name in self._owned or name.rstrip("/") + "/" in self._owned
