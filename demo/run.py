@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import numpy as np
 
 from demo.samples import OPENCV_DATA
 from pipeline.dataset import Dataset, write_json
-from pipeline.outputs import OutputDir
+from pipeline.outputs import OutputDir, read_json
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +140,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
         truth_path = od.own("lsun/planted.json")
         settings = {"scenes": config.scenes, "duplicates": config.duplicates,
                     "seed": config.seed, "opencv_doc": OPENCV_DATA.is_dir()}
-        truth = _load(truth_path)
+        truth = read_json(truth_path)
         # planted.json is written last (a half-built database is rebuilt), with the settings
         # that made the database (other settings make another one).
         if truth is None or truth.get("settings") != settings:
@@ -217,13 +216,6 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(),
         }
         write_json(od.own("report.json"), report)
     return report
-
-
-def _load(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def format_report(r: dict[str, Any]) -> str:

@@ -43,6 +43,14 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[Any]:
             tmp.unlink()
 
 
+def read_json(path: str | Path) -> Any:
+    """The JSON in ``path``, or None when it is missing, unreadable or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_write(path) as f:

@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.dataset.names import CONFIG, MANIFEST, MARKER, PROGRESS, STATS
 from pipeline.errors import UserError
-from pipeline.outputs import owner_kind
+from pipeline.outputs import owner_kind, read_json
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class Dataset:
             self.array(name)  # the .npy headers against the row count
 
     def _json(self, name: str) -> dict[str, Any]:
-        obj = _load_json(self.root / name)
+        obj = read_json(self.root / name)
         if not isinstance(obj, dict):
             raise UserError(f"{self.root} is damaged: {name} is missing or unreadable")
         return obj
@@ -266,13 +266,6 @@ def _size(path: Path) -> int | None:
     try:
         return path.stat().st_size
     except OSError:
-        return None
-
-
-def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
         return None
 
 

@@ -21,11 +21,10 @@ from pipeline.dataset.reader import (
     StageResult,
     _identity_of,
     _jsonable,
-    _load_json,
     describe_difference,
 )
 from pipeline.errors import UserError
-from pipeline.outputs import OutputDir, atomic_write, write_json
+from pipeline.outputs import OutputDir, atomic_write, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ class DatasetWriter:
     def _open(self) -> None:
         root = self.root
         if (root / MARKER).exists():
-            old = _load_json(root / CONFIG)
+            old = read_json(root / CONFIG)
             if old is not None and _identity_of(old) == self.identity:
                 # The same stage, settings and inputs: nothing to redo, even when asked to
                 # replace a different result (a damaged one is replaced when asked).
@@ -139,7 +138,7 @@ class DatasetWriter:
                 raise UserError(f"{root} already holds a finished dataset made with other "
                                 f"settings ({describe_difference(old, self.identity)})",
                                 param="overwrite")
-        progress = _load_json(root / PROGRESS)
+        progress = read_json(root / PROGRESS)
         if progress and progress.get("identity") == self.identity:  # resumed, not redone
             if progress.get("state") == "finishing" and self._complete_finish(progress):
                 self.done = True

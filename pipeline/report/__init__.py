@@ -20,7 +20,14 @@ from pathlib import Path
 
 from pipeline.dataset import Dataset, is_dataset
 from pipeline.errors import UserError, at_least
-from pipeline.outputs import OutputDir, atomic_write, check_separate, owner_kind, write_json
+from pipeline.outputs import (
+    OutputDir,
+    atomic_write,
+    check_separate,
+    owner_kind,
+    read_json,
+    write_json,
+)
 from pipeline.report.chain import Node, Source, Stage, walk_chain
 from pipeline.report.page import render
 from pipeline.report.pixels import Pictures
@@ -95,7 +102,8 @@ def _check_page(out: Path, folder: Path) -> str | None:
     """The checksum of the page at ``out`` when this tool wrote it (None: no page there);
     a page it did not write, or one changed since, is refused."""
     old = _sha(out)
-    record = _load(folder / RECORD) if owner_kind(folder) == "report" else {}
+    record = read_json(folder / RECORD) if owner_kind(folder) == "report" else {}
+    record = record if isinstance(record, dict) else {}
     if old is not None and (record.get("page") != out.name
                             or old not in record.get("sha256", [])):
         raise UserError(f"{out} exists and was not written by this tool (or was changed "
@@ -170,14 +178,6 @@ def _write_index(od: OutputDir, rows: list[list]) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"reportKeys({i},{json.dumps(part, separators=(',', ':'))});\n")
     return shards
-
-
-def _load(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
 
 
 __all__ = ["ReportConfig", "ReportResult", "Source", "Stage", "files_folder", "walk_chain",
